@@ -4,6 +4,9 @@ Every network maps a batch of spectra on the input grid, shape (B, n_in), to the
 unoccupied site DOS on the output grid, shape (B, 2, n_out) (channel 0 occupied, 1 unoccupied).
 An :class:`Ensemble` stacks its members' outputs, shape (M, B, 2, n_out); its mean is the
 prediction and its spread the per-energy uncertainty.
+
+Architectures are built from a plain dict (``{"name": ..., **kwargs}``) so that a checkpoint's JSON
+config can rebuild them without pickling anything.
 """
 
 from __future__ import annotations
@@ -11,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PaperMLP", "Ensemble", "build_network", "ARCHITECTURES"]
+__all__ = ["PaperMLP", "TwoHeadMLP", "CNN1D", "Ensemble", "build_network", "ARCHITECTURES",
+           "default_arch"]
+
+
+def _mlp(widths, dropout):
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+    return layers
 
 
 class PaperMLP(nn.Module):
@@ -23,28 +34,95 @@ class PaperMLP(nn.Module):
 
     def __init__(self, n_in=160, n_out=300, hidden=(160, 120), dropout=0.27):
         super().__init__()
-        layers, width = [], n_in
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, 2 * n_out))
-        self.body = nn.Sequential(*layers)
-        self.n_out = n_out
+        widths = [n_in, *hidden]
+        self.body = nn.Sequential(*_mlp(widths, dropout), nn.Linear(widths[-1], 2 * n_out))
+        self.n_in, self.n_out = n_in, n_out
 
     def forward(self, x):
         return self.body(x).view(x.shape[0], 2, self.n_out)
 
 
-ARCHITECTURES = {"paper_mlp": PaperMLP}
+class TwoHeadMLP(nn.Module):
+    """A wider MLP with a shared trunk and one head per curve (occupied, unoccupied).
+
+    The two curves live on different energy ranges and have different shapes; separate heads let
+    each one spend its last layers on its own curve. ``positive`` passes the output through a
+    softplus, since a DOS is never negative.
+    """
+
+    def __init__(self, n_in=160, n_out=300, trunk=(256, 256), head=(256,), dropout=0.1,
+                 positive=True):
+        super().__init__()
+        trunk_w = [n_in, *trunk]
+        self.trunk = nn.Sequential(*_mlp(trunk_w, dropout))
+        head_w = [trunk_w[-1], *head]
+        self.heads = nn.ModuleList(
+            nn.Sequential(*_mlp(head_w, dropout), nn.Linear(head_w[-1], n_out)) for _ in range(2))
+        self.positive = bool(positive)
+        self.n_in, self.n_out = n_in, n_out
+
+    def forward(self, x):
+        h = self.trunk(x)
+        y = torch.stack([head(h) for head in self.heads], dim=1)
+        return nn.functional.softplus(y) if self.positive else y
+
+
+class CNN1D(nn.Module):
+    """A small 1-D convolutional network followed by a two-headed dense decoder.
+
+    Convolutions see local peak shapes wherever they sit on the energy axis (a shift of a feature
+    by a few channels is a small change for them, a large one for a dense layer).
+    """
+
+    def __init__(self, n_in=160, n_out=300, channels=(16, 32, 32), kernel=7, hidden=256,
+                 dropout=0.1, positive=True):
+        super().__init__()
+        convs, c_prev, length = [], 1, n_in
+        for c in channels:
+            # stride 2 halves the length each block; padding keeps it exact for odd kernels
+            convs += [nn.Conv1d(c_prev, c, kernel, stride=2, padding=kernel // 2), nn.ReLU()]
+            c_prev, length = c, (length + 1) // 2
+        self.convs = nn.Sequential(*convs)
+        flat = c_prev * length
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(dropout),
+                          nn.Linear(hidden, n_out)) for _ in range(2))
+        self.positive = bool(positive)
+        self.n_in, self.n_out = n_in, n_out
+
+    def forward(self, x):
+        h = self.convs(x[:, None, :]).flatten(1)
+        y = torch.stack([head(h) for head in self.heads], dim=1)
+        return nn.functional.softplus(y) if self.positive else y
+
+
+ARCHITECTURES = {"paper_mlp": PaperMLP, "two_head_mlp": TwoHeadMLP, "cnn1d": CNN1D}
+
+
+def default_arch(name="paper_mlp", n_in=160, n_out=300) -> dict:
+    """The config dict of an architecture with its default settings."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    return {"name": name, "n_in": int(n_in), "n_out": int(n_out)}
 
 
 def build_network(arch: dict) -> nn.Module:
-    """Build a network from its config, e.g. ``{"name": "paper_mlp", "hidden": [160, 120]}``."""
+    """Build a network from its config, e.g. ``{"name": "paper_mlp", "hidden": [160, 120]}``.
+
+    Examples
+    --------
+    >>> net = build_network({"name": "two_head_mlp", "trunk": [64], "head": [32]})
+    >>> net(torch.zeros(3, 160)).shape
+    torch.Size([3, 2, 300])
+    """
     arch = dict(arch)
-    name = arch.pop("name")
+    name = arch.pop("name", None)
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name](**arch)
+    try:
+        return ARCHITECTURES[name](**arch)
+    except TypeError as exc:
+        raise ValueError(f"bad settings for architecture {name!r}: {exc}") from None
 
 
 class Ensemble(nn.Module):
@@ -52,6 +130,8 @@ class Ensemble(nn.Module):
 
     def __init__(self, members):
         super().__init__()
+        if len(members) == 0:
+            raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
 
     def forward(self, x):
