@@ -1,5 +1,12 @@
 """Energy grids, background removal, alignment, resampling and normalisation of spectra."""
 
+from napari_corefit.spectra.background import (
+    PowerLawFit,
+    default_background_window,
+    fit_powerlaw,
+    powerlaw_background,
+    remove_powerlaw_background,
+)
 from napari_corefit.spectra.grids import (
     ABSOLUTE_GRID,
     BROADENING_EV,
@@ -20,9 +27,14 @@ __all__ = [
     "SPECTRUM_GRID",
     "EnergyGrid",
     "PEAK_DEFAULTS",
+    "PowerLawFit",
     "area_normalise",
     "broaden",
     "broaden_ragged",
+    "default_background_window",
+    "fit_powerlaw",
     "find_first_peak",
     "interpolate_rows",
+    "powerlaw_background",
+    "remove_powerlaw_background",
 ]
