@@ -1,0 +1,462 @@
+"""Batched inference: the ensemble on many spectra, chunk by chunk, on CPU or CUDA.
+
+:func:`predict_spectra` runs a model on an array of preprocessed spectra (input grid) and returns
+the ensemble mean and standard deviation of the occupied/unoccupied DOS. :func:`predict_signal`
+does the same for every pixel of a spectrum image, raw counts in, reading, preprocessing and
+predicting one block of rows at a time so that memory stays bounded for SIs of any size (lazy
+HyperSpy signals included).
+
+Both report progress through ``progress(fraction, message)`` and stop between chunks when
+``cancel()`` returns true, raising :class:`Cancelled`; nothing partial is returned then.
+
+Device policy: ``"auto"`` takes CUDA when torch sees a GPU and the CPU otherwise; an explicit
+``"cuda"`` on a machine without a GPU is an error (RuntimeError naming the fix), never a silent
+fallback, so that a benchmark or a batch job never runs on the wrong device unnoticed.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Cancelled",
+    "resolve_device",
+    "predict_spectra",
+    "predict_signal",
+    "SignalPrediction",
+    "DEFAULT_BATCH",
+]
+
+#: Spectra per forward pass. On the CPU, 8192 keeps the activations (~ members x 8192 x 600
+#: floats) in the last-level cache's neighbourhood; a GPU wants far larger batches to fill it.
+DEFAULT_BATCH = {"cpu": 8192, "cuda": 131072}
+
+
+class Cancelled(Exception):
+    """Raised when ``cancel()`` returned true; the run left no partial output."""
+
+
+def resolve_device(device="auto") -> torch.device:
+    """The torch device for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    RuntimeError
+        ``"cuda"`` asked for on a machine where torch sees no CUDA GPU.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    device = "auto" if device is None else str(device).lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA GPU "
+                           "(torch.cuda.is_available() is False); use device 'auto' or 'cpu'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    return torch.device(device)
+
+
+def _network(model):
+    # a LoadedModel carries its ensemble; a bare Ensemble or network is used as is
+    return getattr(model, "ensemble", model)
+
+
+def _members(net):
+    return list(net.members) if hasattr(net, "members") else [net]
+
+
+def _amp_dtype(amp, dev):
+    if not amp:
+        return None
+    if amp is True:
+        # fp16 has the finer mantissa and GPUs run it at full speed; CPUs only have bf16 kernels
+        return torch.float16 if dev.type == "cuda" else torch.bfloat16
+    return {"fp16": torch.float16, "float16": torch.float16,
+            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[str(amp)]
+
+
+def _mean_std(members, x, amp_dtype):
+    """Ensemble mean and std (B, 2, n_out), float32, one member at a time.
+
+    Statistics are accumulated shifted by the first member (sum and sum of squares of
+    y_m - y_0): one pass, no (M, B, ...) stack in memory, and no cancellation when sigma is small
+    next to the DOS itself. Matches ``torch.std`` (Bessel-corrected) to float32 rounding.
+    """
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        y0 = members[0](x).float()
+        if len(members) == 1:
+            return y0, torch.zeros_like(y0)
+        s = torch.zeros_like(y0)
+        q = torch.zeros_like(y0)
+        for m in members[1:]:
+            d = m(x).float().sub_(y0)
+            s.add_(d)
+            q.addcmul_(d, d)
+    n = len(members)
+    mean = y0.add_(s, alpha=1.0 / n)
+    var = q.sub_(s.mul_(s).div_(n)).div_(n - 1).clamp_(min=0)
+    return mean, var.sqrt_()
+
+
+def predict_spectra(model, spectra, device="auto", batch_size=None, amp=False, progress=None,
+                    cancel=None, out=None):
+    """Ensemble mean and standard deviation of the DOS for many preprocessed spectra.
+
+    Parameters
+    ----------
+    model : LoadedModel, Ensemble or torch.nn.Module
+        A network mapping (B, n_in) -> (B, 2, n_out); an ensemble's members are run one by one.
+        It is put in eval mode (and back afterwards) and moved to ``device``.
+    spectra : array_like, shape (..., n_in)
+        Spectra on the model's input grid (area-normalised, finite); float32 is used.
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        See :func:`resolve_device`.
+    batch_size : int, optional
+        Spectra per forward pass (default :data:`DEFAULT_BATCH` of the device type).
+    amp : bool or {"fp16", "bf16"}
+        Mixed precision (autocast). ``True`` is fp16 on CUDA, bf16 on the CPU. Statistics are
+        accumulated in float32. Measured against fp32: see ``tests/test_inference.py``.
+    progress : callable(fraction, message), optional
+    cancel : callable() -> bool, optional
+        Checked before every batch; when it returns true, :class:`Cancelled` is raised.
+    out : (ndarray, ndarray), optional
+        Float32 arrays of shape (N, 2, n_out) (N = number of spectra) to write into, e.g.
+        views of a larger preallocated result; returned as ``(mean, std)``.
+
+    Returns
+    -------
+    mean, std : ndarray, shape (..., 2, n_out), float32
+
+    Examples
+    --------
+    >>> from napari_corefit.model.network import Ensemble, PaperMLP
+    >>> _ = torch.manual_seed(0)
+    >>> ens = Ensemble([PaperMLP(), PaperMLP()])
+    >>> mean, std = predict_spectra(ens, np.zeros((5, 160), np.float32), device="cpu")
+    >>> mean.shape, std.dtype
+    ((5, 2, 300), dtype('float32'))
+    """
+    net = _network(model)
+    dev = resolve_device(device)
+    x = np.asarray(spectra)
+    lead, n_in = x.shape[:-1], x.shape[-1]
+    x = x.reshape(-1, n_in)
+    n = x.shape[0]
+    batch = int(batch_size or DEFAULT_BATCH[dev.type])
+    if batch < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    members = _members(net)
+    amp_dtype = _amp_dtype(amp, dev)
+    was_training = net.training
+    net.to(dev).eval()
+    try:
+        n_out = _output_width(members[0], n_in, dev)
+        if out is None:
+            mean = np.empty((n, 2, n_out), np.float32)
+            std = np.empty((n, 2, n_out), np.float32)
+        else:
+            mean, std = (o.reshape(n, 2, n_out) for o in out)
+        runner = _run_cuda if dev.type == "cuda" else _run_cpu
+        runner(members, x, mean, std, dev, batch, amp_dtype, progress, cancel)
+    finally:
+        net.train(was_training)
+    if out is not None:
+        return out
+    return mean.reshape(lead + (2, n_out)), std.reshape(lead + (2, n_out))
+
+
+@torch.inference_mode()
+def _output_width(member, n_in, dev):
+    return int(member(torch.zeros((1, n_in), device=dev)).shape[-1])
+
+
+def _check(cancel, progress, done, total, msg="predicting"):
+    if cancel is not None and cancel():
+        raise Cancelled(f"cancelled after {done} of {total} spectra")
+    if progress is not None:
+        progress(done / max(total, 1), f"{msg} {done}/{total}")
+
+
+@torch.inference_mode()
+def _run_cpu(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
+    n = x.shape[0]
+    for i0 in range(0, n, batch):
+        _check(cancel, progress, i0, n)
+        i1 = min(i0 + batch, n)
+        xb = torch.from_numpy(np.ascontiguousarray(x[i0:i1], dtype=np.float32))
+        m, s = _mean_std(members, xb, amp_dtype)
+        mean[i0:i1] = m.numpy().reshape(i1 - i0, 2, -1)
+        std[i0:i1] = s.numpy().reshape(i1 - i0, 2, -1)
+    _check(None, progress, n, n)
+
+
+@torch.inference_mode()
+def _run_cuda(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
+    """Two pinned host slots, so that the host copies batch k+1 while the GPU works on batch k.
+
+    Host -> device and device -> host copies are non-blocking from/to pinned memory; a slot is
+    reused only after the CUDA event recorded at the end of its last batch has completed.
+    """
+    n, n_in = x.shape
+    width = mean.shape[1] * mean.shape[2]
+    rows = min(batch, n)
+    slots = [dict(x=torch.empty((rows, n_in), dtype=torch.float32, pin_memory=True),
+                  m=torch.empty((rows, width), dtype=torch.float32, pin_memory=True),
+                  s=torch.empty((rows, width), dtype=torch.float32, pin_memory=True),
+                  pending=None) for _ in range(2)]
+
+    def finish(slot):
+        ev, i0, i1 = slot["pending"]
+        ev.synchronize()
+        mean[i0:i1] = slot["m"][: i1 - i0].numpy().reshape(i1 - i0, *mean.shape[1:])
+        std[i0:i1] = slot["s"][: i1 - i0].numpy().reshape(i1 - i0, *std.shape[1:])
+        slot["pending"] = None
+
+    try:
+        for k, i0 in enumerate(range(0, n, batch)):
+            _check(cancel, progress, i0, n)
+            i1 = min(i0 + batch, n)
+            slot = slots[k % 2]
+            if slot["pending"] is not None:
+                finish(slot)
+            xb = slot["x"][: i1 - i0]
+            xb.copy_(torch.from_numpy(np.ascontiguousarray(x[i0:i1], dtype=np.float32)))
+            m, s = _mean_std(members, xb.to(dev, non_blocking=True), amp_dtype)
+            slot["m"][: i1 - i0].copy_(m.reshape(i1 - i0, -1), non_blocking=True)
+            slot["s"][: i1 - i0].copy_(s.reshape(i1 - i0, -1), non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            slot["pending"] = (ev, i0, i1)
+        for slot in sorted((s for s in slots if s["pending"]), key=lambda s: s["pending"][1]):
+            finish(slot)
+    finally:
+        torch.cuda.synchronize(dev)
+    _check(None, progress, n, n)
+
+
+# --------------------------------------------------------------------------------------------
+# whole spectrum images
+
+
+@dataclass
+class SignalPrediction:
+    """Per-pixel arrays of :func:`predict_signal`; ``shape`` is the SI's navigation array shape.
+
+    Attributes
+    ----------
+    mean, std : ndarray, shape shape + (2, n_out), float32
+        Ensemble mean and std of the occupied (index 0) and unoccupied (1) DOS; NaN where the
+        preprocessing masked the pixel.
+    peak_energy : ndarray, shape, float32
+        First-peak energy (eV, energy-loss axis) that aligned the spectrum.
+    mask : ndarray, shape, bool
+        Usable pixels (preprocessing mask).
+    reason : ndarray, shape, uint8
+        Preprocessing reason code (0 = usable).
+    edge_counts : ndarray, shape, float32
+        Background-subtracted edge counts (the noise level N).
+    ood : ndarray, shape, float32
+        OOD score (1 = training 99th percentile); NaN when masked or the model has none.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    peak_energy: np.ndarray
+    mask: np.ndarray
+    reason: np.ndarray
+    edge_counts: np.ndarray
+    ood: np.ndarray
+
+
+def _row_blocks(data, chunk_pixels):
+    """(start, stop) row ranges along axis 0, aligned to dask chunks when the data is lazy."""
+    n_rows = data.shape[0]
+    row_pixels = int(np.prod(data.shape[1:-1], dtype=np.int64)) or 1
+    rows = max(1, int(chunk_pixels) // row_pixels)
+    chunks = getattr(data, "chunks", None)
+    if chunks is not None and isinstance(chunks[0], tuple) and len(chunks[0]) > 1:
+        # whole dask chunks per block, so that no chunk is read (decompressed) twice
+        c = chunks[0][0]
+        rows = max(c, (rows // c) * c)
+    return [(r0, min(r0 + rows, n_rows)) for r0 in range(0, n_rows, rows)]
+
+
+def _read(data, r0, r1):
+    block = data[r0:r1]
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.asarray(block)
+
+
+def _preprocess_config(model, config):
+    if config is not None:
+        return config
+    from napari_corefit.spectra.pipeline import PreprocessConfig
+
+    cfg = getattr(model, "config", None) or {}
+    if cfg.get("preprocess"):
+        return PreprocessConfig.from_dict(cfg["preprocess"])
+    return PreprocessConfig()
+
+
+def _default_preprocess():
+    from napari_corefit.spectra.pipeline import preprocess
+
+    return preprocess
+
+
+def _allocate(shape, dtype, fill, store, name):
+    if store is None:
+        return np.full(shape, fill, dtype)
+    arr = np.lib.format.open_memmap(Path(store) / f"{name}.npy", mode="w+", dtype=dtype,
+                                    shape=shape)
+    arr[...] = fill
+    return arr
+
+
+def predict_signal(model, signal, config=None, device="auto", batch_size=None, amp=False,
+                   chunk_pixels=32768, progress=None, cancel=None, store=None, preprocess=None,
+                   prefetch=True):
+    """Preprocess and predict every pixel of a spectrum image, block by block.
+
+    Each block of rows (about ``chunk_pixels`` pixels) is read (computed, when the signal is
+    lazy), preprocessed, and its usable pixels predicted; results go into preallocated outputs.
+    Peak memory is the outputs plus a few blocks, whatever the SI's size; with ``store`` the
+    outputs are memory-mapped ``.npy`` files there, so that memory stays bounded for SIs larger
+    than RAM too. While one block is preprocessed and predicted, the next is read in a thread.
+
+    Parameters
+    ----------
+    model : LoadedModel, Ensemble or torch.nn.Module
+    signal : hyperspy Signal1D (or LazySignal1D)
+        Raw counts; navigation (y, x) (any number of navigation axes works), signal axis energy
+        loss in eV.
+    config : PreprocessConfig, optional
+        Default: the checkpoint's ``config["preprocess"]``, else ``PreprocessConfig()``.
+    device, batch_size, amp, progress, cancel
+        As in :func:`predict_spectra`; progress fractions cover the whole image.
+    chunk_pixels : int
+        Pixels per block (rounded to whole rows, and to whole dask chunks of the first axis).
+    store : path, optional
+        Existing directory for memory-mapped outputs (``mean.npy``, ``std.npy``, ...). They are
+        removed again if the run is cancelled or fails.
+    preprocess : callable(energy, counts, config) -> PreprocessResult, optional
+        Default :func:`napari_corefit.spectra.pipeline.preprocess`.
+    prefetch : bool
+        Read the next block in a background thread.
+
+    Returns
+    -------
+    SignalPrediction
+
+    Raises
+    ------
+    Cancelled
+        ``cancel()`` returned true; no partial output is left (memory-mapped files deleted).
+    """
+    from napari_corefit.model.ood import ood_score
+
+    preprocess = preprocess or _default_preprocess()
+    config = _preprocess_config(model, config)
+    energy = np.asarray(signal.axes_manager.signal_axes[0].axis, dtype=np.float64)
+    data = signal.data
+    if data.ndim == 1:
+        data = data[None]
+    shape = tuple(data.shape[:-1])
+    n_pix = int(np.prod(shape, dtype=np.int64))
+    dev = resolve_device(device)
+    net = _network(model)
+    ood_model = getattr(model, "ood", None) or None
+    n_in = _input_width(model)
+    n_out = _output_width(_members(net)[0].to(dev), n_in, dev)
+    names = []
+    try:
+        outs = {}
+        for name, tail, dtype, fill in [("mean", (2, n_out), np.float32, np.nan),
+                                        ("std", (2, n_out), np.float32, np.nan),
+                                        ("peak_energy", (), np.float32, np.nan),
+                                        ("mask", (), bool, False),
+                                        ("reason", (), np.uint8, 0),
+                                        ("edge_counts", (), np.float32, np.nan),
+                                        ("ood", (), np.float32, np.nan)]:
+            names.append(name)
+            outs[name] = _allocate(shape + tail, dtype, fill, store, name)
+        blocks = _row_blocks(data, chunk_pixels)
+        row_pixels = n_pix // max(shape[0], 1)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            nxt = pool.submit(_read, data, *blocks[0]) if prefetch else None
+            for b, (r0, r1) in enumerate(blocks):
+                done = r0 * row_pixels
+                _check(cancel, progress, done, n_pix, "pixels")
+                counts = nxt.result() if prefetch else _read(data, r0, r1)
+                if prefetch and b + 1 < len(blocks):
+                    nxt = pool.submit(_read, data, *blocks[b + 1])
+                res = preprocess(energy, counts, config)
+                mask = np.asarray(res.mask, bool).reshape(-1)
+                spectra = np.asarray(res.spectra, np.float32).reshape(mask.size, -1)
+                sl = slice(r0, r1)
+                outs["mask"][sl] = mask.reshape(counts.shape[:-1])
+                outs["peak_energy"][sl] = np.asarray(res.peak_energy).reshape(counts.shape[:-1])
+                outs["reason"][sl] = np.asarray(res.reason).reshape(counts.shape[:-1])
+                edge = getattr(res, "edge_counts", None)
+                if edge is None:
+                    edge = getattr(res, "total_counts")
+                outs["edge_counts"][sl] = np.asarray(edge).reshape(counts.shape[:-1])
+                good = np.flatnonzero(mask)
+                if good.size:
+                    sub = _BlockProgress(progress, done, n_pix, mask.size)
+                    m, s = predict_spectra(model, spectra[good], device=dev,
+                                           batch_size=batch_size, amp=amp, progress=sub,
+                                           cancel=cancel)
+                    bm = np.full((mask.size, 2, n_out), np.nan, np.float32)
+                    bs = np.full((mask.size, 2, n_out), np.nan, np.float32)
+                    bm[good], bs[good] = m, s
+                    outs["mean"][sl] = bm.reshape(counts.shape[:-1] + (2, n_out))
+                    outs["std"][sl] = bs.reshape(counts.shape[:-1] + (2, n_out))
+                    if ood_model:
+                        bo = np.full(mask.size, np.nan, np.float32)
+                        bo[good] = ood_score(ood_model, spectra[good])
+                        outs["ood"][sl] = bo.reshape(counts.shape[:-1])
+            _check(None, progress, n_pix, n_pix, "pixels")
+    except BaseException:
+        if store is not None:
+            outs = None
+            for name in names:
+                (Path(store) / f"{name}.npy").unlink(missing_ok=True)
+        raise
+    if signal.data.ndim == 1:
+        outs = {k: v[0] for k, v in outs.items()}
+    return SignalPrediction(**outs)
+
+
+def _input_width(model):
+    cfg = getattr(model, "config", None) or {}
+    if "input_grid" in cfg:
+        return int(cfg["input_grid"]["n"])
+    from napari_corefit.spectra.grids import SPECTRUM_GRID
+
+    return SPECTRUM_GRID.n
+
+
+class _BlockProgress:
+    """Maps a block's own progress (fraction of its usable pixels) onto the whole image."""
+
+    def __init__(self, progress, done, n_pix, block_pixels):
+        self.progress, self.done, self.n_pix, self.block = progress, done, n_pix, block_pixels
+
+    def __call__(self, fraction, message):
+        if self.progress is not None:
+            px = self.done + int(fraction * self.block)
+            self.progress(px / max(self.n_pix, 1), f"pixels {px}/{self.n_pix}")
