@@ -43,6 +43,7 @@ __all__ = [
     "fit_ood",
     "database_fingerprint",
     "git_commit",
+    "resolve_device",
 ]
 
 FORMAT = "napari-corefit-model"
@@ -257,12 +258,14 @@ def _check_grid(cfg, key, expected, directory):
                          f"{expected.to_dict()}; this model was trained for other grids")
 
 
-def _resolve_device(device):
+def resolve_device(device="auto") -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else CPU; ``"cuda"`` without a GPU is an error."""
     device = "auto" if device is None else str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu")
+        raise RuntimeError(f"device {device!r} was asked for, but torch sees no CUDA GPU here; "
+                           "use 'cpu' or 'auto'")
     return torch.device(device)
 
 
@@ -319,7 +322,7 @@ def load_model(directory, device="cpu", input_grid=None, output_grid=None) -> Lo
         tensors = load_file(str(w_path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"model {directory}: cannot read {WEIGHTS_FILE} ({exc})") from None
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     members = []
     for i in range(int(cfg["n_members"])):
         net = build_network(arch)

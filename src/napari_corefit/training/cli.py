@@ -1,0 +1,111 @@
+"""``corefit train`` and ``corefit evaluate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers):
+    """Register ``train`` and ``evaluate`` on the ``corefit`` sub-command parser."""
+    from napari_corefit.model.network import ARCHITECTURES
+    from napari_corefit.training.splits import SPLIT_KINDS
+
+    p = subparsers.add_parser(
+        "train", help="train a spectrum-to-DOS ensemble on a database",
+        description="Train an ensemble (different seeds) on a database built by `corefit db`, "
+        "evaluate it on its held-out test molecules and write a checkpoint directory "
+        "(model.safetensors + config.json).")
+    p.add_argument("--db", required=True, help="database directory (shards)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--level", choices=("site", "molecule"), default="site")
+    p.add_argument("--noise", default="inf", metavar="N",
+                   help="total edge counts N of the Poisson noise (e.g. 1e4); inf = noise-free "
+                   "(default)")
+    p.add_argument("--signal-to-background", type=float, default=1.0, metavar="R",
+                   help="edge / power-law background counts in the input window (noise only)")
+    p.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")
+    p.add_argument("--epochs", type=int, default=3000, help="maximum epochs per member")
+    p.add_argument("--patience", type=int, default=100,
+                   help="early stopping: epochs without validation improvement")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="paper_mlp")
+    p.add_argument("--arch-options", default=None, metavar="JSON",
+                   help='architecture settings, e.g. \'{"dropout": 0.1}\'')
+    p.add_argument("--split", choices=sorted(SPLIT_KINDS), default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    e = subparsers.add_parser(
+        "evaluate", help="score a model against a database",
+        description="Predict the DOS of every selected site (or molecule) of a database and "
+        "compare with the computed truth.")
+    e.add_argument("--model", default=None,
+                   help="checkpoint directory (default: the bundled model)")
+    e.add_argument("--db", required=True, help="database directory")
+    e.add_argument("--split", default="test",
+                   choices=("all", "test", "val", "train", "extrapolation"),
+                   help="all: every usable site; test: the model's held-out molecules; "
+                   "extrapolation: molecules with 21-26 atoms")
+    e.add_argument("--level", choices=("site", "molecule"), default=None,
+                   help="default: the level the model was trained at")
+    e.add_argument("--noise", default=None, metavar="N",
+                   help="evaluate at this total count (inf = noise-free); default: the model's")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=_evaluate)
+
+
+def _noise_model(text, sbr=1.0):
+    from napari_corefit.training.noise import NoiseModel, parse_counts
+
+    return NoiseModel(counts=parse_counts(text), signal_to_background=sbr)
+
+
+def _train(args):
+    from napari_corefit.training.loop import TrainSettings
+    from napari_corefit.training.train import train_model
+
+    options = json.loads(args.arch_options) if args.arch_options else None
+    settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             patience=args.patience, seed=args.seed, device=args.device)
+    train_model(args.db, args.out, level=args.level,
+                noise=_noise_model(args.noise, args.signal_to_background),
+                n_members=args.members, arch=args.arch, arch_options=options, split=args.split,
+                seed=args.seed, settings=settings, progress=not args.quiet)
+    print(f"model written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args):
+    from napari_corefit.backend import load_database
+    from napari_corefit.model.checkpoint import load_default, load_model
+    from napari_corefit.training.evaluate import evaluate_model
+    from napari_corefit.training.noise import NoiseModel
+
+    loaded = load_model(args.model, device=args.device) if args.model else load_default(
+        device=args.device)
+    table = load_database(args.db)
+    noise = None
+    if args.noise is not None:
+        base = NoiseModel.from_dict(loaded.config.get("noise"))
+        noise = _noise_model(args.noise, base.signal_to_background)
+    ev = evaluate_model(loaded, table, split=args.split, level=args.level, noise=noise)
+    s = ev.summary
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+        return 0
+    print(f"{s['level']}-level, split {s['split']}: {s['n_rows']} rows, {s['n_sites']} sites, "
+          f"{s['n_molecules']} molecules, noise {s['noise_counts'] or 'none'}")
+    for name in ("occupied", "unoccupied", "total"):
+        print(f"  {name:10s} MSE {s[f'mse_{name}']:.4g}  cosine median "
+              f"{s[f'cosine_median_{name}']:.3f}  10th percentile {s[f'cosine_p10_{name}']:.3f}")
+    print(f"  main peak within 0.5 eV: {s['peak_within_0p5ev_fraction']:.3f}")
+    if "calibration_2sigma" in s:
+        print(f"  truth inside +-2 sigma: {s['calibration_2sigma']:.3f}")
+    return 0

@@ -1,0 +1,215 @@
+"""Training rows from a database: input spectra and target DOS, per site or per molecule.
+
+Curves are broadened on the fly from the database's sticks onto the grids of the model config
+(``backend.curves``), so a new grid never needs a new quantum-chemistry run.
+
+Inputs are made as the engine will make them from measured data:
+
+* noise-free: ``curves.site_spectra`` (broadened, aligned with ``find_first_peak``, normalised);
+* with noise: the absolute spectrum on a measured-like axis, plus a power-law background, Poisson
+  counts (:mod:`napari_corefit.training.noise`), then the engine's own
+  :func:`napari_corefit.spectra.pipeline.preprocess` (background removal, optional
+  Savitzky-Golay smoothing, alignment, normalisation). A fresh draw per epoch keeps the network
+  from learning one noise realisation.
+
+Molecule-level rows are the multiplicity-weighted sums over a molecule's carbon sites (SPEC
+section 2); a molecule with a failed site has no molecule-level row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from napari_corefit.spectra.grids import BROADENING_EV, DOS_GRID, SPECTRUM_GRID, EnergyGrid
+from napari_corefit.training.noise import NoiseModel, simulate_counts
+
+__all__ = ["CurveSet", "build_curves", "make_inputs", "default_preprocess_config"]
+
+
+@dataclass
+class CurveSet:
+    """Rows of one level (sites or molecules) with what is needed to make their inputs.
+
+    Attributes
+    ----------
+    level : str
+        ``"site"`` or ``"molecule"``.
+    molecule : ndarray of int, shape (m,)
+        Row's molecule (index into ``SiteTable.molecules``).
+    row_id : ndarray of int, shape (m,)
+        Site index into ``SiteTable.sites`` (site level) or the molecule index (molecule level).
+    targets : ndarray, shape (m, 2, n_out), float32
+        Occupied and unoccupied DOS, each area-normalised.
+    clean : ndarray, shape (m, n_in), float32
+        Noise-free inputs on the input grid.
+    absolute : ndarray, shape (m, n_axis), float32, or None
+        Noise-free absolute spectra on the noise axis (only when built for noise).
+    reference : ndarray, shape (m,)
+        First-transition energy (E_exc of the site; the lowest of the molecule's sites), eV.
+    weight : ndarray, shape (m,)
+        Site multiplicity (site level) or 1.
+    """
+
+    level: str
+    molecule: np.ndarray
+    row_id: np.ndarray
+    targets: np.ndarray
+    clean: np.ndarray
+    absolute: np.ndarray | None
+    reference: np.ndarray
+    weight: np.ndarray
+
+    def __len__(self):
+        return int(self.targets.shape[0])
+
+    def subset(self, mask) -> "CurveSet":
+        """Rows where ``mask`` is true (a boolean mask or an index array)."""
+        mask = np.asarray(mask)
+        pick = (lambda a: None if a is None else a[mask])
+        return replace(self, molecule=self.molecule[mask], row_id=self.row_id[mask],
+                       targets=self.targets[mask], clean=self.clean[mask],
+                       absolute=pick(self.absolute), reference=self.reference[mask],
+                       weight=self.weight[mask])
+
+    def in_molecules(self, molecules) -> "CurveSet":
+        """Rows whose molecule is in ``molecules`` (e.g. one part of a split)."""
+        return self.subset(np.isin(self.molecule, np.asarray(molecules)))
+
+
+def default_preprocess_config():
+    """The engine's default :class:`~napari_corefit.spectra.pipeline.PreprocessConfig`."""
+    from napari_corefit.spectra.pipeline import PreprocessConfig
+
+    return PreprocessConfig()
+
+
+def _group_sum(values, groups, n_groups, weights):
+    out = np.zeros((n_groups,) + values.shape[1:])
+    np.add.at(out, groups, values * weights.reshape((-1,) + (1,) * (values.ndim - 1)))
+    return out
+
+
+def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_GRID,
+                 sigma=BROADENING_EV, noise_axis: EnergyGrid | None = None) -> CurveSet:
+    """Broaden a database's usable sites into model rows.
+
+    Parameters
+    ----------
+    table : SiteTable
+        From :func:`napari_corefit.backend.load_database`.
+    level : {"site", "molecule"}
+    input_grid, output_grid : EnergyGrid
+    sigma : float
+        Gaussian broadening, eV.
+    noise_axis : EnergyGrid, optional
+        Also keep absolute spectra on this axis (needed to draw noisy inputs).
+
+    Returns
+    -------
+    CurveSet
+    """
+    from napari_corefit.backend import curves
+
+    if level not in ("site", "molecule"):
+        raise ValueError(f"level must be 'site' or 'molecule', got {level!r}")
+    ok = np.asarray(table.sites["ok"], bool)
+    if not ok.any():
+        raise ValueError("the database has no usable (ok) site")
+    sites = table.select(ok)
+    site_ids = np.flatnonzero(ok)
+    mol = np.asarray(sites.sites["molecule"], dtype=np.int64)
+    mult = np.asarray(sites.sites["multiplicity"], dtype=np.float64)
+    e_exc = np.asarray(sites.sites["excitation_energy"], dtype=np.float64)
+    dos = curves.site_dos(sites, grid=output_grid, sigma=sigma)
+    absolute = None
+    if level == "site":
+        clean = curves.site_spectra(sites, grid=input_grid, sigma=sigma)
+        if noise_axis is not None:
+            absolute = curves.absolute_site_spectra(sites, noise_axis.values, sigma=sigma)
+        cs = CurveSet("site", mol, site_ids, dos, clean, absolute, e_exc, mult)
+    else:
+        cs = _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigma,
+                            noise_axis)
+    cs.targets = np.asarray(cs.targets, dtype=np.float32)
+    cs.clean = np.asarray(cs.clean, dtype=np.float32)
+    if cs.absolute is not None:
+        cs.absolute = np.asarray(cs.absolute, dtype=np.float32)
+    # a row whose curves are all zero (no sticks in a window) teaches nothing and breaks metrics
+    good = (cs.clean.sum(-1) > 0) & (cs.targets.sum(-1) > 0).all(-1)
+    return cs.subset(good)
+
+
+def _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigma, noise_axis):
+    from napari_corefit.backend import curves
+
+    n_mol = len(table.molecules["key"])
+    all_mol = np.asarray(table.sites["molecule"], dtype=np.int64)
+    failed = np.zeros(n_mol, bool)
+    failed[all_mol[~np.asarray(table.sites["ok"], bool)]] = True
+    present = np.zeros(n_mol, bool)
+    present[mol] = True
+    keep = np.flatnonzero(present & ~failed)
+    ms = _by_molecule(curves.molecule_spectra(sites, grid=input_grid, sigma=sigma), n_mol)
+    md = _by_molecule(curves.molecule_dos(sites, grid=output_grid, sigma=sigma), n_mol)
+    ref = np.full(n_mol, np.inf)
+    np.minimum.at(ref, mol, e_exc)
+    absolute = None
+    if noise_axis is not None:
+        a = curves.absolute_site_spectra(sites, noise_axis.values, sigma=sigma)
+        absolute = _group_sum(a, mol, n_mol, mult)[keep]
+    return CurveSet("molecule", keep, keep, md[keep], ms[keep], absolute, ref[keep],
+                    np.ones(keep.size))
+
+
+def _by_molecule(ids_and_curves, n_mol):
+    # backend.curves.molecule_* return (molecule ids, rows): put each row at its molecule index
+    ids, rows = ids_and_curves
+    rows = np.asarray(rows)
+    out = np.zeros((n_mol,) + rows.shape[1:], dtype=rows.dtype)
+    out[np.asarray(ids, dtype=np.int64)] = rows
+    return out
+
+
+def make_inputs(cs: CurveSet, noise: NoiseModel | None = None, preprocess_config=None,
+                rng=None, input_grid=SPECTRUM_GRID):
+    """Model inputs for every row: noise-free, or one fresh noisy draw through the engine.
+
+    Parameters
+    ----------
+    cs : CurveSet
+    noise : NoiseModel, optional
+        None or ``counts=None``: the noise-free inputs.
+    preprocess_config : PreprocessConfig, optional
+        The engine's preprocessing (default: its defaults).
+    rng : numpy.random.Generator, optional
+    input_grid : EnergyGrid
+        Must equal the preprocessing's output grid.
+
+    Returns
+    -------
+    inputs : ndarray, shape (m, n_in), float32
+    usable : ndarray of bool, shape (m,)
+        False where the engine masked the pixel (e.g. no peak found in noise); such rows are
+        zero and should be left out of that epoch.
+    """
+    if noise is None or not noise.noisy:
+        return cs.clean, np.ones(len(cs), bool)
+    if cs.absolute is None:
+        raise ValueError("this CurveSet was built without a noise axis; pass noise_axis to "
+                         "build_curves to train or evaluate with noise")
+    from napari_corefit.spectra.pipeline import preprocess
+
+    if preprocess_config is None:
+        preprocess_config = default_preprocess_config()
+    rng = np.random.default_rng() if rng is None else rng
+    counts = simulate_counts(cs.absolute, cs.reference, noise, rng)
+    res = preprocess(noise.axis.values, counts, preprocess_config)
+    x = np.asarray(res.spectra, dtype=np.float32)
+    if x.shape[-1] != input_grid.n:
+        raise ValueError(f"preprocess gives {x.shape[-1]} points, the model input grid has "
+                         f"{input_grid.n}")
+    usable = np.asarray(res.mask, bool) & np.isfinite(x).all(-1)
+    x = np.where(usable[:, None], np.nan_to_num(x), 0.0).astype(np.float32)
+    return x, usable

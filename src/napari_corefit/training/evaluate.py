@@ -1,0 +1,126 @@
+"""Evaluate a checkpoint on a database: predictions, per-curve scores and their summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_corefit.spectra.grids import EnergyGrid
+from napari_corefit.training.dataset import CurveSet, build_curves, make_inputs
+from napari_corefit.training.loop import predict
+from napari_corefit.training.metrics import per_curve_scores, summarise
+from napari_corefit.training.noise import NoiseModel
+from napari_corefit.training.splits import split_from_dict
+
+__all__ = ["Evaluation", "evaluate_model", "select_rows", "preprocess_config_of",
+           "EVALUATION_SEED"]
+
+#: Noisy test inputs are drawn with this seed, so that evaluations are repeatable.
+EVALUATION_SEED = 7
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_model` measured.
+
+    ``summary`` is the JSON-able dict (``n_sites``, ``n_molecules``, ``mse_occupied``, ...);
+    the arrays are per row: ``truth``, ``mean`` (raw ensemble mean), ``std`` (m, 2, n),
+    ``scores`` (from :func:`~napari_corefit.training.metrics.per_curve_scores`), ``rows``
+    (the evaluated :class:`CurveSet`) and ``inputs`` (m, n_in).
+    """
+
+    summary: dict
+    truth: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    scores: dict
+    rows: CurveSet
+    inputs: np.ndarray
+
+
+def preprocess_config_of(config):
+    """The PreprocessConfig a checkpoint was trained with (None when it stores none)."""
+    d = config.get("preprocess")
+    if d is None:
+        return None
+    from napari_corefit.spectra.pipeline import PreprocessConfig
+
+    return PreprocessConfig.from_dict(d)
+
+
+def select_rows(cs: CurveSet, table, split, config):
+    """Rows of ``cs`` for a split name: ``all``, ``test``, ``val``, ``train`` (the checkpoint's
+    own split settings recomputed on this database) or ``extrapolation`` (21-26 atoms)."""
+    if split == "all":
+        return cs
+    keys = np.asarray(table.molecules["key"]).astype(str)
+    n_atoms = np.asarray(table.molecules["n_atoms"])
+    if split == "extrapolation":
+        return cs.subset((n_atoms[cs.molecule] >= 21) & (n_atoms[cs.molecule] <= 26))
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; use all, test, val, train or extrapolation")
+    settings = config.get("split")
+    if not settings:
+        raise ValueError("this model records no split settings; use --split all")
+    s = split_from_dict(settings, keys, n_atoms)
+    return cs.in_molecules(getattr(s, split))
+
+
+def evaluate_model(loaded, table, split="test", level=None, noise=None, device=None,
+                   seed=EVALUATION_SEED, rows: CurveSet | None = None) -> Evaluation:
+    """Predict every selected row of a database with a loaded model and score it.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    table : SiteTable
+    split : str
+        See :func:`select_rows`.
+    level : {"site", "molecule"}, optional
+        Default: the level the model was trained at.
+    noise : NoiseModel, optional
+        Default: the noise the model was trained at (noise-free models see noise-free inputs).
+    device : str, optional
+        Default: the model's device.
+    seed : int
+        Seed of the noise draw.
+    rows : CurveSet, optional
+        Already-built rows (skips broadening; must match ``level`` and the model's grids).
+
+    Returns
+    -------
+    Evaluation
+    """
+    cfg = loaded.config
+    level = level or cfg.get("level", "site")
+    if noise is None:
+        noise = NoiseModel.from_dict(cfg.get("noise"))
+    in_grid = EnergyGrid.from_dict(cfg["input_grid"])
+    out_grid = EnergyGrid.from_dict(cfg["output_grid"])
+    sigma = float(cfg.get("broadening_ev", 0.5))
+    if rows is None:
+        rows = build_curves(table, level=level, input_grid=in_grid, output_grid=out_grid,
+                            sigma=sigma, noise_axis=noise.axis if noise.noisy else None)
+    rows = select_rows(rows, table, split, cfg)
+    if len(rows) == 0:
+        raise ValueError(f"no {level}-level rows in split {split!r} of this database")
+    x, usable = make_inputs(rows, noise, preprocess_config_of(cfg), np.random.default_rng(seed),
+                            input_grid=in_grid)
+    rows, x = rows.subset(usable), x[usable]
+    dev = device or loaded.device
+    ens = loaded.ensemble.to(dev)
+    y = predict(ens, x, dev)  # (M, m, 2, n)
+    mean = y.mean(0)
+    std = y.std(0, ddof=1) if y.shape[0] > 1 else np.zeros_like(mean)
+    scores = per_curve_scores(mean, rows.targets, out_grid)
+    # one member has no spread: calibration would be meaningless, so it is not reported
+    summary = summarise(scores, std=std if y.shape[0] > 1 else None, pred=mean,
+                        truth=rows.targets)
+    n_sites = len(rows) if level == "site" else int(
+        np.isin(np.asarray(table.sites["molecule"]), rows.molecule).sum())
+    summary = {"level": level, "split": split, "n_rows": len(rows), "n_sites": int(n_sites),
+               "n_molecules": int(np.unique(rows.molecule).size),
+               "n_unusable": int((~usable).sum()),
+               "noise_counts": noise.counts, "n_members": int(y.shape[0]), **summary}
+    return Evaluation(summary, rows.targets, mean, std, scores, rows, x)

@@ -1,0 +1,172 @@
+"""Training loop: Adam, MSE, early stopping on the validation rows, an ensemble of seeds.
+
+Defaults follow the paper (Adam, learning rate 1e-4, MSE, early stopping). Each ensemble member
+gets its own seed for its weights, its batch order and its noise draws; the spread of the
+members is the per-energy uncertainty the engine shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from napari_corefit.model.checkpoint import resolve_device
+from napari_corefit.model.network import Ensemble, build_network
+from napari_corefit.training.dataset import CurveSet, make_inputs
+from napari_corefit.training.noise import NoiseModel
+
+__all__ = ["TrainSettings", "resolve_device", "train_member", "train_ensemble", "predict"]
+
+#: Validation noise draws use this seed, so that every member and epoch is judged on the same data.
+VALIDATION_SEED = 20230615
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings (stored in the checkpoint's ``training`` block)."""
+
+    epochs: int = 3000
+    lr: float = 1e-4
+    batch_size: int = 256
+    #: stop when the validation loss has not improved for this many epochs
+    patience: int = 100
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    #: draw fresh noisy inputs every this many epochs (noise training only)
+    renoise_every: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict(net, inputs, device, batch_size=4096) -> np.ndarray:
+    """Outputs of a network or ensemble for numpy inputs, as a float32 numpy array."""
+    net.eval()
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size])).to(device)
+        out.append(net(x).float().cpu().numpy())
+    if not out:
+        return np.zeros((0,), np.float32)
+    # ensembles stack members first: (M, B, 2, n) -> concatenate along the batch axis
+    axis = 1 if isinstance(net, Ensemble) else 0
+    return np.concatenate(out, axis=axis)
+
+
+def _val_loss(net, x, y, device, batch_size=4096):
+    p = predict(net, x, device, batch_size)
+    return float(((p - y) ** 2).mean())
+
+
+def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, seed=None,
+                 noise: NoiseModel | None = None, preprocess_config=None, progress=True,
+                 desc="train"):
+    """Train one network with early stopping; return it (best validation epoch) and its history.
+
+    Parameters
+    ----------
+    arch : dict
+        For :func:`~napari_corefit.model.network.build_network`.
+    train, val : CurveSet
+    settings : TrainSettings
+    seed : int, optional
+        Default ``settings.seed``.
+    noise : NoiseModel, optional
+        Train on fresh noisy draws (validation on one fixed draw).
+    preprocess_config : PreprocessConfig, optional
+    progress : bool
+        A tqdm bar on stderr.
+    desc : str
+
+    Returns
+    -------
+    net : torch.nn.Module
+        In eval mode, on the training device, with the weights of the best validation epoch.
+    history : dict
+        ``train_loss``, ``val_loss`` (per epoch), ``best_epoch``, ``best_val_loss``,
+        ``epochs_run``, ``seconds``.
+    """
+    if len(train) == 0:
+        raise ValueError("no training rows")
+    if len(val) == 0:
+        raise ValueError("no validation rows")
+    seed = settings.seed if seed is None else int(seed)
+    device = resolve_device(settings.device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = build_network(arch).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    noisy = noise is not None and noise.noisy
+
+    x_val, ok_val = make_inputs(val, noise, preprocess_config,
+                                np.random.default_rng(VALIDATION_SEED))
+    y_val = val.targets[ok_val]
+    x_val = x_val[ok_val]
+    y_train = torch.from_numpy(train.targets).to(device)
+    x_np, ok = make_inputs(train, noise, preprocess_config, rng)
+    x_train = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+
+    hist = {"train_loss": [], "val_loss": []}
+    best, best_state, best_epoch, t0 = np.inf, None, -1, time.perf_counter()
+    bar = tqdm(range(settings.epochs), desc=desc, file=sys.stderr, disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        if noisy and epoch > 0 and epoch % max(1, settings.renoise_every) == 0:
+            x_np, ok = make_inputs(train, noise, preprocess_config, rng)
+            x_train = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+        rows = np.flatnonzero(ok)
+        rng.shuffle(rows)
+        net.train()
+        total, n = 0.0, 0
+        for i in range(0, rows.size, settings.batch_size):
+            idx = torch.from_numpy(rows[i:i + settings.batch_size]).to(device)
+            xb, yb = x_train[idx], y_train[idx]
+            loss = torch.nn.functional.mse_loss(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+        hist["train_loss"].append(total / max(n, 1))
+        vl = _val_loss(net, x_val, y_val, device)
+        hist["val_loss"].append(vl)
+        if vl < best:
+            best, best_epoch = vl, epoch
+            best_state = copy.deepcopy(net.state_dict())
+        bar.set_postfix(train=f"{hist['train_loss'][-1]:.3g}", val=f"{vl:.3g}", best=best_epoch,
+                        refresh=False)
+        if epoch - best_epoch >= settings.patience:
+            break
+    bar.close()
+    net.load_state_dict(best_state)
+    net.eval()
+    hist.update(best_epoch=int(best_epoch), best_val_loss=float(best),
+                epochs_run=len(hist["val_loss"]), seconds=time.perf_counter() - t0)
+    return net, hist
+
+
+def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, n_members=5,
+                   noise=None, preprocess_config=None, progress=True):
+    """Train ``n_members`` networks with seeds ``settings.seed + i``; return (Ensemble, histories)."""
+    if n_members < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {n_members}")
+    members, histories = [], []
+    for i in range(n_members):
+        net, hist = train_member(arch, train, val, settings, seed=settings.seed + i, noise=noise,
+                                 preprocess_config=preprocess_config, progress=progress,
+                                 desc=f"member {i + 1}/{n_members}")
+        if progress:
+            print(f"member {i + 1}/{n_members}: best validation MSE {hist['best_val_loss']:.4g} "
+                  f"at epoch {hist['best_epoch'] + 1} of {hist['epochs_run']} "
+                  f"({hist['seconds']:.0f} s)", file=sys.stderr)
+        members.append(net.cpu())
+        histories.append(hist)
+    return Ensemble(members).eval(), histories
