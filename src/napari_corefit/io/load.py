@@ -24,7 +24,8 @@ SUPPORTED_EXTENSIONS = (".hspy", ".zspy", ".dm3", ".dm4", ".emd", ".msa")
 LAZY_ABOVE_BYTES = 256 * 2**20
 
 # conversion factors to eV for energy units that files do carry
-_TO_EV = {"ev": 1.0, "kev": 1e3, "mev": 1e-3}
+# (case matters: meV is not MeV; "ev"/"EV" are spelling slips for eV)
+_TO_EV = {"eV": 1.0, "ev": 1.0, "EV": 1.0, "keV": 1e3, "kev": 1e3, "KeV": 1e3, "meV": 1e-3}
 
 # titles of the simultaneous images that are annular dark field (Velox: "HAADF", "DF-S", DM:
 # "ADF", "HAADF", NCEM/prismatic: "annular_detector")
@@ -42,10 +43,10 @@ def load_spectrum_image(
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, os.PathLike or hyperspy signal
         A ``.hspy``, ``.zspy``, ``.dm3``, ``.dm4``, ``.emd`` (Velox or NCEM) or ``.msa`` file.
         Files that hold several signals (Velox: HAADF + EELS + EDS) are searched for the EELS
-        spectrum image that covers ``edge``.
+        spectrum image that covers ``edge``. A HyperSpy signal is checked the same way.
     adf : str, os.PathLike, hyperspy.signals.Signal2D or None
         The ADF/HAADF image of the same scan, as a file or a signal. ``None`` takes one from the
         file when it has one of the same scan shape.
@@ -90,10 +91,14 @@ def load_spectrum_image(
     >>> si.survey.shape, si.energy.range
     ((2, 3), (270.0, 289.9))
     """
-    path = _check_path(path)
-    if lazy is None:
-        lazy = _size_on_disk(path) > LAZY_ABOVE_BYTES
-    signals = _read(path, lazy)
+    if _is_signal(path):  # a signal already in memory (or lazy): check it the same way
+        signals, path = [_spectra_as_signal1d(path)], None
+        lazy = bool(getattr(signals[0], "_lazy", False))
+    else:
+        path = _check_path(path)
+        if lazy is None:
+            lazy = _size_on_disk(path) > LAZY_ABOVE_BYTES
+        signals = _read(path, lazy)
     signal = _pick_spectrum_image(signals, path, edge)
     notes: list[str] = []
     energy = _check_energy_axis(signal, path, edge, notes)
@@ -120,6 +125,10 @@ def load_spectrum_image(
         energy=energy,
         warnings=notes,
     )
+
+
+def _is_signal(obj) -> bool:
+    return hasattr(obj, "axes_manager") and hasattr(obj, "data")
 
 
 def _check_path(path) -> Path:
@@ -167,7 +176,21 @@ def _read(path: Path, lazy: bool) -> list:
     signals = loaded if isinstance(loaded, list) else [loaded]
     if not signals:
         raise CorefitIOError(file_message(path, "the file holds no signal"))
-    return signals
+    return [_spectra_as_signal1d(s) for s in signals]
+
+
+def _spectra_as_signal1d(signal):
+    """Give spectra stored without a navigation/signal split (NCEM EMD) their energy axis back.
+
+    NCEM EMD files keep axis names and units but not which axes navigate, so HyperSpy reads a
+    spectrum image as a 3-D signal with no navigation axes. When the last array axis is an energy,
+    make it the signal axis (lazy signals stay lazy).
+    """
+    axes = signal.axes_manager
+    if axes.navigation_dimension == 0 and axes.signal_dimension >= 2:
+        if _units(axes.signal_axes[0].units) in _TO_EV:
+            return signal.as_signal1D(0)
+    return signal
 
 
 def _describe(signal) -> str:
@@ -182,7 +205,7 @@ def _is_spectrum_candidate(signal) -> bool:
 def _energy_range_ev(signal) -> tuple[float, float] | None:
     """Signal-axis range in eV, or None when the axis has no energy units."""
     axis = signal.axes_manager.signal_axes[0]
-    factor = _TO_EV.get(_units(axis.units).lower())
+    factor = _TO_EV.get(_units(axis.units))
     if factor is None or axis.size == 0:
         return None
     return float(axis.axis[0]) * factor, float(axis.axis[-1]) * factor
@@ -227,16 +250,20 @@ def _check_energy_axis(signal, path: Path, edge: float | None, notes: list) -> E
         _note(notes, path, f"the energy axis has no units; assuming eV "
                            f"(offset {axis.offset:g}, scale {axis.scale:g})")
         axis.units = "eV"
-    elif units.lower() in _TO_EV and units != "eV":
-        axis.convert_to_units("eV")
-        _note(notes, path, f"energy axis converted from {units} to eV")
-    elif units not in ("eV",):
-        if units.lower() == "ev":
-            axis.units = "eV"
+    elif units not in _TO_EV:
+        raise CorefitIOError(
+            file_message(path, f"the signal axis is in {units!r}, not an energy loss in eV")
+        )
+    elif _TO_EV[units] == 1.0:
+        axis.units = "eV"
+    else:
+        factor = _TO_EV[units]
+        if uniform:
+            axis.offset, axis.scale = axis.offset * factor, axis.scale * factor
         else:
-            raise CorefitIOError(
-                file_message(path, f"the signal axis is in {units!r}, not an energy loss in eV")
-            )
+            axis.axis = axis.axis * factor
+        axis.units = "eV"
+        _note(notes, path, f"energy axis converted from {units} to eV")
     energy = EnergyAxis.from_hyperspy(axis)
     if uniform and not energy.scale > 0:
         raise CorefitIOError(
@@ -318,7 +345,7 @@ def _as_2d(nav_shape: tuple) -> tuple[int, int]:
 def _note(notes: list, path: Path, problem: str) -> None:
     message = file_message(path, problem)
     notes.append(message)
-    warnings.warn(message, CorefitIOWarning, stacklevel=3)
+    warnings.warn(message, CorefitIOWarning, stacklevel=4)
 
 
 def _same_scan(image, signal) -> bool:
