@@ -1,0 +1,255 @@
+"""``corefit db ...`` and ``corefit compute``: the backend from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_parser"]
+
+
+def _range(text):
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def add_parser(sub):
+    db = sub.add_parser("db", help="build, inspect and export the training database")
+    dbsub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+
+    b = dbsub.add_parser("build", help="compute molecules into a database directory")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", choices=["qm9"], help="molecule source")
+    src.add_argument("--smiles", type=Path, help="file with one SMILES per line (optional name)")
+    src.add_argument("--xyz", type=Path, help="directory of .xyz files, or one XYZ bundle file")
+    b.add_argument("--min-heavy", type=int)
+    b.add_argument("--max-heavy", type=int)
+    b.add_argument("--min-atoms", type=int)
+    b.add_argument("--max-atoms", type=int)
+    b.add_argument("--ids", type=_range, metavar="I-J", help="QM9 index range (inclusive)")
+    b.add_argument("--sample", type=int, help="random sample of this many molecules")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--limit", type=int, help="at most this many molecules")
+    b.add_argument("-o", "--output", type=Path, required=True, help="database directory")
+    b.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    b.add_argument("--threads", type=int, help="threads per worker")
+    b.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786)")
+    b.add_argument("--timeout", type=float, default=1800, help="seconds per molecule")
+    b.add_argument("--deadline", type=float, help="stop starting molecules after this many s")
+    b.add_argument("--flush", action="store_true",
+                   help="write shard parts from all journals at the end (before a commit)")
+    b.add_argument("--recipe", type=Path, help="JSON file overriding recipe fields")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_build)
+
+    i = dbsub.add_parser("info", help="summarise a database (or list its sites as JSON)")
+    i.add_argument("db", type=Path)
+    i.add_argument("--json", action="store_true", help="one JSON object per site on stdout")
+    i.set_defaults(func=_info)
+
+    f = dbsub.add_parser("flush", help="turn journals of unfinished shards into shard parts")
+    f.add_argument("db", type=Path)
+    f.set_defaults(func=_flush)
+
+    m = dbsub.add_parser("merge", help="copy the shards of several databases into one")
+    m.add_argument("sources", type=Path, nargs="+")
+    m.add_argument("-o", "--output", type=Path, required=True)
+    m.set_defaults(func=_merge)
+
+    e = dbsub.add_parser("export", help="broadened curves on grids as .npz")
+    e.add_argument("db", type=Path)
+    e.add_argument("--grid", choices=["model", "absolute"], default="model",
+                   help="model: spectra on the first-peak grid; absolute: on 280-310 eV")
+    e.add_argument("-o", "--output", type=Path, required=True)
+    e.set_defaults(func=_export)
+
+    x = dbsub.add_parser("xyz-bundle", help="write a QM9 selection as one XYZ bundle file "
+                         "(to carry to a build machine without qm9pack)")
+    x.add_argument("--min-heavy", type=int)
+    x.add_argument("--max-heavy", type=int)
+    x.add_argument("--ids", type=_range)
+    x.add_argument("--sample", type=int)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("-o", "--output", type=Path, required=True)
+    x.set_defaults(func=_bundle)
+    db.set_defaults(func=lambda args: db.print_help())
+
+    c = sub.add_parser("compute", help="one molecule (SMILES or .xyz): spectra and site DOS")
+    c.add_argument("molecule", help="SMILES string or path to an .xyz file")
+    c.add_argument("--plot", type=Path, help="save a figure (PNG)")
+    c.add_argument("--json", action="store_true", help="site records as JSON on stdout")
+    c.set_defaults(func=_compute)
+
+
+def _molecules(args):
+    from napari_corefit.backend import molecules as mm
+
+    if args.source == "qm9":
+        return mm.qm9_molecules(ids=args.ids, min_heavy=args.min_heavy,
+                                max_heavy=args.max_heavy, min_atoms=args.min_atoms,
+                                max_atoms=args.max_atoms, sample=args.sample, seed=args.seed,
+                                limit=args.limit)
+    if args.smiles:
+        mols = mm.read_smiles_file(args.smiles)
+    elif args.xyz.is_dir():
+        mols = [mm.read_xyz(p) for p in sorted(args.xyz.glob("*.xyz"))]
+    else:
+        mols = mm.read_xyz_bundle(args.xyz)
+    keep = [m for m in mols if (args.min_heavy is None or m.n_heavy >= args.min_heavy)
+            and (args.max_heavy is None or m.n_heavy <= args.max_heavy)
+            and (args.min_atoms is None or m.n_atoms >= args.min_atoms)
+            and (args.max_atoms is None or m.n_atoms <= args.max_atoms)]
+    if args.sample is not None and args.sample < len(keep):
+        rng = np.random.default_rng(args.seed)
+        keep = [keep[i] for i in sorted(rng.choice(len(keep), args.sample, replace=False))]
+    return keep[: args.limit] if args.limit else keep
+
+
+def _build(args):
+    from napari_corefit.backend.recipe import Recipe
+    from napari_corefit.backend.runner import build_database
+
+    recipe = Recipe.from_dict(json.loads(args.recipe.read_text())) if args.recipe else Recipe()
+    mols = _molecules(args)
+    print(f"corefit db build: {len(mols)} molecules, "
+          f"{sum(len(m.carbons) for m in mols)} carbons -> {args.output}", file=sys.stderr)
+    stats = build_database(mols, args.output, recipe, workers=args.workers,
+                           threads=args.threads, timeout=args.timeout, scheduler=args.scheduler,
+                           deadline=args.deadline, flush_at_end=args.flush,
+                           progress=not args.quiet)
+    print(json.dumps({k: v for k, v in stats.items() if k != "shards"}
+                     | {"shards_written": len(stats["shards"])}), file=sys.stderr)
+    return 0
+
+
+def site_rows(table):
+    """One dict per site (the ``db info --json`` schema)."""
+    s, m = table.sites, table.molecules
+    for i in range(table.n_sites):
+        mol = int(s["molecule"][i])
+        yield {
+            "molecule": str(m["name"][mol]),
+            "key": str(m["key"][mol]),
+            "smiles": str(m["smiles"][mol]),
+            "atom_index": int(s["atom_index"][i]),
+            "multiplicity": int(s["multiplicity"][i]),
+            "equivalent_atoms": [int(a) for a in s["equivalent"][i]],
+            "excitation_energy_ev": _num(s["excitation_energy"][i]),
+            "core_1s_ev": _num(s["core_1s"][i]),
+            "fermi_ev": _num(s["fermi"][i]),
+            "hole_population": _num(s["hole_population"][i]),
+            "s2": _num(s["s2"][i]),
+            "status": str(s["status"][i]),
+            "solver": str(s["stage"][i]),
+            "seconds": _num(s["seconds"][i]),
+        }
+
+
+def _num(x):
+    x = float(x)
+    return None if not np.isfinite(x) else round(x, 4)
+
+
+def _info(args):
+    from napari_corefit.backend.storage import journal_keys, load_database
+
+    table = load_database(args.db)
+    if args.json:
+        for row in site_rows(table):
+            print(json.dumps(row))
+        return 0
+    s = table.sites
+    ok = s["ok"]
+    size = sum(Path(p).stat().st_size for p in table.shards)
+    print(f"database {args.db}: {len(table.shards)} shards, {size / 1e6:.2f} MB")
+    print(f"  molecules {table.n_molecules}, sites {table.n_sites} ({int(ok.sum())} ok, "
+          f"{int((~ok).sum())} failed), carbons covered "
+          f"{int(s['multiplicity'][ok].sum())}")
+    if table.n_sites:
+        print(f"  bytes per site {size / table.n_sites:.0f}")
+        print(f"  E_exc {np.nanmin(s['excitation_energy'][ok]):.2f} .. "
+              f"{np.nanmax(s['excitation_energy'][ok]):.2f} eV; median seconds per site "
+              f"{np.median(s['seconds']):.1f}")
+        heavy = table.molecules["n_heavy"][s["molecule"]]
+        for h in np.unique(heavy):
+            print(f"  heavy atoms {h}: {int((heavy == h).sum())} sites")
+        reasons = {}
+        for st in s["status"][~ok]:
+            reasons[st] = reasons.get(st, 0) + 1
+        for r, n in sorted(reasons.items(), key=lambda t: -t[1])[:10]:
+            print(f"  failed x{n}: {r}")
+    pending = journal_keys(args.db)
+    if pending:
+        print(f"  {len(pending)} molecules in journals (shards still being built)")
+    print(f"  recipe: {json.dumps(table.recipe)}")
+    return 0
+
+
+def _flush(args):
+    from napari_corefit.backend.storage import flush_journals
+
+    written = flush_journals(args.db)
+    print(f"wrote {len(written)} shard parts", file=sys.stderr)
+    return 0
+
+
+def _merge(args):
+    import shutil
+
+    from napari_corefit.backend.storage import load_database
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    for src in args.sources:
+        for p in sorted(Path(src).glob("*.h5")):
+            target = args.output / p.name
+            if target.exists():
+                if target.read_bytes() == p.read_bytes():
+                    continue
+                raise FileExistsError(f"{target} exists with other content; not overwritten")
+            shutil.copy2(p, target)
+    load_database(args.output)  # warns about any duplicated molecules
+    print(f"merged into {args.output}", file=sys.stderr)
+    return 0
+
+
+def _export(args):
+    from napari_corefit.backend import curves
+    from napari_corefit.backend.storage import load_database
+    from napari_corefit.spectra.grids import ABSOLUTE_GRID, DOS_GRID, SPECTRUM_GRID
+
+    table = load_database(args.db).ok()
+    if args.grid == "model":
+        grid = SPECTRUM_GRID
+        spectra = curves.site_spectra(table, grid)
+    else:
+        grid = ABSOLUTE_GRID
+        spectra = curves.absolute_site_spectra(table, grid.values)
+    dos = curves.site_dos(table, DOS_GRID)
+    np.savez_compressed(args.output, spectra=spectra.astype(np.float32),
+                        spectrum_energy=grid.values, dos=dos.astype(np.float32),
+                        dos_energy=DOS_GRID.values,
+                        excitation_energy=table.sites["excitation_energy"],
+                        molecule=np.asarray(table.molecules["key"][table.sites["molecule"]],
+                                            dtype=str),
+                        atom_index=table.sites["atom_index"])
+    print(f"exported {table.n_sites} sites to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _bundle(args):
+    from napari_corefit.backend.molecules import qm9_molecules, write_xyz_bundle
+
+    mols = qm9_molecules(ids=args.ids, min_heavy=args.min_heavy, max_heavy=args.max_heavy,
+                         sample=args.sample, seed=args.seed)
+    write_xyz_bundle(mols, args.output)
+    print(f"wrote {len(mols)} molecules to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _compute(args):
+    from napari_corefit.backend.compute_cli import compute_and_report
+
+    return compute_and_report(args)

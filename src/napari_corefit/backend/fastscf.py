@@ -1,0 +1,90 @@
+"""What makes the project's SCF faster than a plain PySCF script, each piece measured
+(docs/backend.md):
+
+* density fitting with the three-centre integrals built once and kept in memory: PySCF's
+  J-only density-fitting path recomputes them every cycle when they are not initialised;
+* AO values (and gradients) on the integration grid computed once per molecule and basis and
+  reused in every SCF cycle of the ground state and of the core-hole state (about a third of the
+  exchange-correlation time otherwise);
+* one integration grid, density-fitting object and AO cache shared by the mixed-basis ground
+  state and the core-hole state of the same site.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyscf import dft
+
+__all__ = ["CachingNumInt", "make_ks"]
+
+#: AO caches above this many bytes are not kept (the loop then recomputes, as PySCF does)
+MAX_CACHE_BYTES = 2_000_000_000
+
+
+class CachingNumInt(dft.numint.NumInt):
+    """NumInt whose ``block_loop`` keeps the AO values of each grid block after the first pass."""
+
+    def __init__(self):
+        super().__init__()
+        self._ao_cache = {}
+
+    def block_loop(self, mol, grids, nao=None, deriv=0, max_memory=2000, non0tab=None,
+                   blksize=None, buf=None):
+        if grids.coords is None:
+            grids.build(with_non0tab=True)
+        key = (id(mol), id(grids), deriv, grids.coords.shape[0], nao, blksize)
+        cached = self._ao_cache.get(key)
+        if cached is not None:
+            yield from cached
+            return
+        nao_ = nao or mol.nao
+        comp = (deriv + 1) * (deriv + 2) * (deriv + 3) // 6
+        size = comp * nao_ * grids.coords.shape[0] * 8
+        if size > MAX_CACHE_BYTES:
+            yield from super().block_loop(mol, grids, nao, deriv, max_memory, non0tab, blksize,
+                                          buf)
+            return
+        blocks = []
+        # buf=None: each block gets its own array, so the cached values are never overwritten
+        for ao, mask, weight, coords in super().block_loop(mol, grids, nao, deriv, max_memory,
+                                                           non0tab, blksize, None):
+            ao = np.array(ao, copy=True)
+            blocks.append((ao, mask, weight, coords))
+            yield ao, mask, weight, coords
+        self._ao_cache[key] = blocks
+
+    def clear_cache(self):
+        self._ao_cache.clear()
+
+
+def make_ks(mol, recipe, unrestricted=False, share=None):
+    """A Kohn-Sham object set up by the recipe, optionally sharing grids, DF and AO cache.
+
+    Parameters
+    ----------
+    mol : pyscf.gto.Mole
+    recipe : Recipe
+    unrestricted : bool
+        UKS (core-hole state) instead of RKS.
+    share : pyscf KS object, optional
+        A KS object of the *same* ``mol`` whose grids, density-fitting integrals and AO cache
+        are reused.
+    """
+    mf = dft.UKS(mol) if unrestricted else dft.RKS(mol)
+    mf.xc = recipe.functional
+    mf.conv_tol = recipe.conv_tol
+    mf.max_cycle = recipe.max_cycle
+    mf.verbose = 0
+    if recipe.density_fit:
+        mf = mf.density_fit(auxbasis=recipe.auxbasis)
+    if share is not None:
+        mf.grids = share.grids
+        mf._numint = share._numint
+        if recipe.density_fit:
+            mf.with_df = share.with_df
+    else:
+        mf.grids.level = recipe.grid_level
+        mf._numint = CachingNumInt()
+        if recipe.density_fit:
+            mf.with_df.build()  # three-centre integrals in memory (see module docstring)
+    return mf

@@ -1,0 +1,73 @@
+"""The recipe: every default of the quantum-chemistry calculation in one object (SPEC section 1).
+
+A :class:`Recipe` is saved with every database shard, so that a record can always be traced to
+the method that made it, and two shards made with different recipes are never mixed silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["Recipe", "HARTREE_EV"]
+
+#: CODATA 2018 Hartree energy in eV (the value PySCF uses).
+HARTREE_EV = 27.211386245988
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a site's core-hole spectrum and ground-state site DOS are computed.
+
+    Defaults follow SPEC section 1; the speed settings (grid level, tolerance) were chosen from the
+    measurements in docs/backend.md, not guessed.
+    """
+
+    functional: str = "PBE"
+    #: uniform basis of the ground state that gives the site DOS
+    basis: str = "6-31G*"
+    #: core-valence basis on the excited carbon (localises the hole; SPEC 1.3)
+    core_basis: str = "cc-pCVDZ"
+    density_fit: bool = True
+    #: None: PySCF's default auxiliary basis for the orbital basis
+    auxbasis: str | None = None
+    #: DFT integration grid (PySCF level); level 1 moves first-transition energies < 0.002 eV
+    grid_level: int = 1
+    conv_tol: float = 1e-6
+    max_cycle: int = 60
+    #: a hole whose Loewdin population on the target carbon is below this is a failure
+    min_hole_population: float = 0.9
+    #: spectrum sticks kept, eV relative to the site's E_exc (model grid reaches +15 eV + tails)
+    spectrum_window_ev: tuple = (-0.01, 20.0)
+    #: DOS sticks kept, eV relative to E_F (model grid -15..15 eV + tails)
+    dos_window_ev: tuple = (-18.0, 18.0)
+    #: sticks with less s+p weight on the site than this are not stored (below the model's error)
+    min_dos_weight: float = 2e-3
+    #: spectrum sticks weaker than this fraction of the site's strongest stick are not stored
+    min_spectrum_fraction: float = 2e-3
+    #: version of the recipe's meaning; bump when a change makes old records incomparable
+    version: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spectrum_window_ev"] = list(self.spectrum_window_ev)
+        d["dos_window_ev"] = list(self.dos_window_ev)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        d = dict(d)
+        for key in ("spectrum_window_ev", "dos_window_ev"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """Short hash of the recipe: shards with different fingerprints are different data."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,113 @@
+"""Compact, pickle-free serialisation of a molecule's records (journal payloads and shard rows).
+
+Sticks are trimmed to the windows the grids can use and stored in compact dtypes: energies
+relative to the site's E_exc (spectrum) or E_F (DOS) in float16 (0.008-0.016 eV steps at
+10-20 eV, far below the 0.5 eV broadening), weights in float16; E_exc, E_F and the 1s energies in
+float32 (float16 steps 0.25 eV at 285 eV). docs/backend.md gives the measured precision loss.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+__all__ = ["record_to_arrays", "arrays_to_bytes", "bytes_to_arrays", "SITE_FIELDS"]
+
+# per-site scalar fields and their stored dtypes
+SITE_FIELDS = {
+    "atom_index": np.int16,
+    "multiplicity": np.int16,
+    "excitation_energy": np.float32,
+    "core_1s": np.float32,
+    "hole_population": np.float16,
+    "s2": np.float16,
+    "seconds": np.float32,
+    "cycles": np.int16,
+}
+
+
+def _trim_spectrum(core, recipe):
+    e = np.asarray(core.spec_energy, dtype=np.float64)
+    xyz = np.asarray(core.spec_xyz, dtype=np.float64).reshape(-1, 3)
+    if e.size == 0:
+        return np.zeros(0, np.float16), np.zeros((0, 3), np.float16)
+    lo, hi = recipe.spectrum_window_ev
+    inten = xyz.mean(axis=1)
+    keep = (e >= lo) & (e <= hi) & (inten >= recipe.min_spectrum_fraction * inten.max())
+    keep[0] = True  # the first transition is kept even when it is dark: it defines E_exc
+    return e[keep].astype(np.float16), xyz[keep].astype(np.float16)
+
+
+def _trim_dos(dos, recipe):
+    e = np.asarray(dos["energy"], dtype=np.float64)
+    sp = dos["s"] + dos["p"]
+    lo, hi = recipe.dos_window_ev
+    keep = (e >= lo) & (e <= hi) & (sp + dos["d"] >= recipe.min_dos_weight)
+    return {
+        "dos_energy": e[keep].astype(np.float16),
+        "dos_occ": np.rint(dos["occupation"][keep]).astype(np.uint8),
+        "dos_s": dos["s"][keep].astype(np.float16),
+        "dos_p": dos["p"][keep].astype(np.float16),
+        "dos_d": dos["d"][keep].astype(np.float16),
+    }
+
+
+def record_to_arrays(rec, recipe) -> dict:
+    """Flatten a :class:`MoleculeRecord` into named numpy arrays plus a JSON ``meta`` string."""
+    meta = {
+        "key": rec.key, "name": rec.name, "source": rec.source, "smiles": rec.smiles,
+        "geometry": rec.geometry, "status": rec.status, "seconds": float(rec.seconds),
+        "gs_seconds": float(rec.gs_seconds), "fermi_ev": float(rec.fermi_ev),
+        "site_status": [s.status for s in rec.sites],
+        "site_stage": [s.core.stage for s in rec.sites],
+        "equivalent": [list(map(int, s.equivalent)) for s in rec.sites],
+    }
+    out = {
+        "symbols": np.array(rec.symbols, dtype="S2"),
+        "coords": np.asarray(rec.coords, dtype=np.float32).reshape(-1, 3),
+    }
+    for name, dtype in SITE_FIELDS.items():
+        vals = []
+        for s in rec.sites:
+            c = s.core
+            vals.append({
+                "atom_index": s.atom_index, "multiplicity": s.multiplicity,
+                "excitation_energy": c.excitation_energy, "core_1s": s.core_1s_ev,
+                "hole_population": c.hole_population, "s2": c.s2, "seconds": c.seconds,
+                "cycles": c.cycles,
+            }[name])
+        out[name] = np.array(vals, dtype=dtype)
+    spec_e, spec_x, spec_n = [], [], []
+    dos_parts, dos_n = [], []
+    for s in rec.sites:
+        if s.status == "ok":
+            e, x = _trim_spectrum(s.core, recipe)
+        else:
+            e, x = np.zeros(0, np.float16), np.zeros((0, 3), np.float16)
+        spec_e.append(e), spec_x.append(x), spec_n.append(e.size)
+        d = _trim_dos(s.dos, recipe)
+        dos_parts.append(d), dos_n.append(d["dos_energy"].size)
+    out["spec_count"] = np.array(spec_n, dtype=np.int32)
+    out["spec_energy"] = np.concatenate(spec_e) if spec_e else np.zeros(0, np.float16)
+    out["spec_xyz"] = np.concatenate(spec_x) if spec_x else np.zeros((0, 3), np.float16)
+    out["dos_count"] = np.array(dos_n, dtype=np.int32)
+    for k in ("dos_energy", "dos_occ", "dos_s", "dos_p", "dos_d"):
+        dt = np.uint8 if k == "dos_occ" else np.float16
+        out[k] = np.concatenate([d[k] for d in dos_parts]) if dos_parts else np.zeros(0, dt)
+    out["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return out
+
+
+def arrays_to_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def bytes_to_arrays(blob: bytes) -> dict:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    out["meta"] = json.loads(out["meta"].tobytes().decode())
+    return out

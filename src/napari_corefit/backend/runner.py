@@ -1,0 +1,242 @@
+"""Database builds: a process pool on one machine, or a Dask cluster; one writer owns the files.
+
+Workers compute molecules and return compact records (:mod:`records`); the calling process is
+the only one that touches the database directory: it journals every record as it arrives and
+writes a shard part when all of a shard's molecules are done (:mod:`storage`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from napari_corefit.backend.compute import MoleculeRecord, compute_molecule, set_threads
+from napari_corefit.backend.recipe import Recipe
+from napari_corefit.backend.records import record_to_arrays
+from napari_corefit.backend.storage import (Journal, finished_keys, flush_journals,
+                                            journal_keys, shard_key, write_shard)
+
+__all__ = ["build_database", "plan_build", "compute_record"]
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout()
+
+
+def compute_record(molecule, recipe, timeout=None):
+    """Worker task: compute one molecule and return ``(key, arrays)``; never raises."""
+    t0 = time.perf_counter()
+    if timeout:
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(int(timeout))
+    try:
+        rec = compute_molecule(molecule, recipe)
+    except _Timeout:
+        rec = MoleculeRecord(key=molecule.key, name=molecule.name, source=molecule.source,
+                             smiles=molecule.smiles, geometry=molecule.geometry,
+                             symbols=list(molecule.symbols), coords=molecule.coords,
+                             status=f"failed: timeout after {timeout} s")
+        rec.seconds = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - a molecule must never crash a build
+        rec = MoleculeRecord(key=molecule.key, name=molecule.name, source=molecule.source,
+                             smiles=molecule.smiles, geometry=molecule.geometry,
+                             symbols=list(molecule.symbols), coords=molecule.coords,
+                             status=f"failed: {type(exc).__name__}: {exc}")
+    finally:
+        if timeout:
+            signal.alarm(0)
+    return molecule.key, record_to_arrays(rec, recipe)
+
+
+def _init_worker(threads):
+    set_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
+
+
+def plan_build(molecules, db_dir):
+    """Molecules still to compute, grouped by shard key, and how many are already done."""
+    done = finished_keys(db_dir) | journal_keys(db_dir)
+    groups = defaultdict(list)
+    for m in molecules:
+        groups[shard_key(m.key)].append(m)
+    todo = [m for m in molecules if m.key not in done]
+    return todo, groups, len(molecules) - len(todo)
+
+
+class _Writer:
+    """Owns the database directory during a build."""
+
+    def __init__(self, db_dir, groups, recipe, attrs):
+        self.db_dir = Path(db_dir)
+        self.groups = {k: {m.key for m in ms} for k, ms in groups.items()}
+        self.recipe = recipe
+        self.attrs = attrs
+        self.journals = {}
+        self.shards = []
+
+    def add(self, key, arrays):
+        sk = shard_key(key)
+        j = self.journals.get(sk)
+        if j is None:
+            j = self.journals[sk] = Journal(self.db_dir, sk)
+            j.set_info(recipe=self.recipe.to_dict(), attrs=self.attrs)
+        j.add(key, arrays)
+        self._maybe_finish(sk)
+
+    def _maybe_finish(self, sk):
+        j = self.journals[sk]
+        have = j.keys() | finished_keys(self.db_dir, sk)
+        if self.groups.get(sk, set()) <= have:
+            self.shards += flush_journals(self.db_dir, self.recipe.to_dict(), only={sk})
+            self.journals.pop(sk, None)
+
+    def finish_complete_groups(self):
+        # groups whose molecules were all done before this build started
+        for sk in list(self.groups):
+            if (self.db_dir / ".journal" / f"{sk}.sqlite").exists():
+                self.journals.setdefault(sk, Journal(self.db_dir, sk))
+                self._maybe_finish(sk)
+
+    def close(self):
+        for j in self.journals.values():
+            j.close()
+
+
+def build_database(molecules, db_dir, recipe=None, workers=None, threads=None, timeout=1800,
+                   scheduler=None, deadline=None, flush_at_end=False, progress=True):
+    """Compute every molecule not yet in the database at ``db_dir``.
+
+    Parameters
+    ----------
+    molecules : list of Molecule
+    db_dir : path
+    recipe : Recipe, optional
+    workers, threads : int, optional
+        Worker processes and threads each (default: one worker per core, one thread each,
+        measured fastest on 2 cores; docs/backend.md).
+    timeout : float
+        Seconds per molecule before it is recorded as failed.
+    scheduler : str or distributed.Client, optional
+        Address of a Dask scheduler (or a Client): compute on the cluster instead of locally.
+    deadline : float, optional
+        Seconds from now after which no new molecule is started; in-flight ones finish.
+    flush_at_end : bool
+        Write shard parts from every journal at the end, even for unfinished shards (use before
+        committing or when the machine is about to go away).
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        ``computed``, ``skipped``, ``failed_sites``, ``sites``, ``seconds``, ``shards``.
+    """
+    recipe = recipe or Recipe()
+    db_dir = Path(db_dir)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    todo, groups, skipped = plan_build(molecules, db_dir)
+    attrs = {"code": _code_versions()}
+    writer = _Writer(db_dir, groups, recipe, attrs)
+    writer.finish_complete_groups()
+    t_start = time.perf_counter()
+    stats = {"computed": 0, "skipped": skipped, "sites": 0, "failed_sites": 0, "shards": []}
+    bar = _progress_bar(len(todo), progress)
+    stop_at = None if deadline is None else time.monotonic() + deadline
+
+    def handle(key, arrays):
+        writer.add(key, arrays)
+        stats["computed"] += 1
+        meta = json.loads(arrays["meta"].tobytes())
+        n_sites = len(meta["site_status"])
+        stats["sites"] += n_sites
+        stats["failed_sites"] += sum(s != "ok" for s in meta["site_status"])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(sites=stats["sites"], failed=stats["failed_sites"])
+
+    try:
+        if scheduler is not None:
+            _run_dask(todo, recipe, timeout, scheduler, handle, stop_at)
+        else:
+            _run_local(todo, recipe, timeout, workers, threads, handle, stop_at)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+        if flush_at_end:
+            writer.shards += flush_journals(db_dir, recipe.to_dict())
+    stats["shards"] = [str(p) for p in writer.shards]
+    stats["seconds"] = time.perf_counter() - t_start
+    return stats
+
+
+def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
+    cores = os.cpu_count() or 1
+    workers = workers or cores
+    threads = threads or max(1, cores // workers)
+    if workers == 1:
+        set_threads(threads)
+        for m in todo:
+            if stop_at is not None and time.monotonic() > stop_at:
+                break
+            handle(*compute_record(m, recipe, timeout))
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        pending, queue = set(), list(reversed(todo))
+        while queue or pending:
+            while queue and len(pending) < 2 * workers and (stop_at is None or
+                                                           time.monotonic() < stop_at):
+                pending.add(pool.submit(compute_record, queue.pop(), recipe, timeout))
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                handle(*fut.result())
+            if stop_at is not None and time.monotonic() > stop_at:
+                queue.clear()
+
+
+def _run_dask(todo, recipe, timeout, scheduler, handle, stop_at):
+    from distributed import Client, as_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        futures = client.map(compute_record, todo, recipe=recipe, timeout=timeout, pure=False)
+        for fut in as_completed(futures):
+            handle(*fut.result())
+            if stop_at is not None and time.monotonic() > stop_at:
+                for f in futures:
+                    f.cancel()
+                break
+    finally:
+        if not isinstance(scheduler, Client):
+            client.close()
+
+
+def _code_versions():
+    import numpy
+    import pyscf
+
+    from napari_corefit import __version__
+
+    return {"napari_corefit": __version__, "pyscf": pyscf.__version__, "numpy": numpy.__version__,
+            "python": sys.version.split()[0]}
+
+
+def _progress_bar(total, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="mol", desc="database", file=sys.stderr, dynamic_ncols=True)

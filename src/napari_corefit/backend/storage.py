@@ -1,0 +1,448 @@
+"""Database storage: crash-safe journals while building, immutable HDF5 shards when done (SPEC 4).
+
+A database is a directory::
+
+    DB/
+      qm9-000000-000999.p000.h5     finished shards, immutable (written whole, then renamed)
+      .journal/qm9-000000-000999.sqlite   records of a shard still being built (SQLite, WAL)
+
+Molecules go to shards by a deterministic key (:func:`shard_key`): QM9 by blocks of 1000 indices,
+SMILES and XYZ by a hash of their key. A build claims the keys it was asked for, journals every
+finished molecule at once (a ``kill -9`` loses only molecules in flight) and writes a shard part
+from the journal when all of its molecules are done; a rerun skips what any shard or journal holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from napari_corefit.backend.records import SITE_FIELDS, arrays_to_bytes, bytes_to_arrays
+
+__all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
+           "flush_journals", "load_database", "SiteTable", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+QM9_BLOCK = 1000
+HASH_BUCKETS = 16
+
+
+def shard_key(molecule_key: str) -> str:
+    """Shard name stem of a molecule key.
+
+    Examples
+    --------
+    >>> shard_key("qm9:001234")
+    'qm9-001000-001999'
+    >>> shard_key("smiles:CCO")[:8]
+    'smiles-h'
+    """
+    source, _, ident = molecule_key.partition(":")
+    if source == "qm9":
+        lo = int(ident) // QM9_BLOCK * QM9_BLOCK
+        return f"qm9-{lo:06d}-{lo + QM9_BLOCK - 1:06d}"
+    bucket = int(hashlib.sha1(molecule_key.encode()).hexdigest(), 16) % HASH_BUCKETS
+    return f"{source}-h{bucket:x}"
+
+
+# --------------------------------------------------------------------------- journal
+class Journal:
+    """SQLite (WAL) journal of one shard under construction: one row per finished molecule."""
+
+    def __init__(self, db_dir, key):
+        self.path = Path(db_dir) / ".journal" / f"{key}.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.key = key
+        self._con = sqlite3.connect(self.path, timeout=60)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=FULL")
+        self._con.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, "
+                          "payload BLOB NOT NULL, written REAL)")
+        self._con.execute("CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT)")
+        self._con.commit()
+
+    def set_info(self, **items):
+        with self._con:
+            for k, v in items.items():
+                self._con.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (k, json.dumps(v)))
+
+    def info(self) -> dict:
+        return {k: json.loads(v) for k, v in self._con.execute("SELECT name, value FROM info")}
+
+    def add(self, key, arrays):
+        """Make one molecule's record durable (committed before this returns)."""
+        with self._con:
+            self._con.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)",
+                              (key, arrays_to_bytes(arrays), time.time()))
+
+    def keys(self) -> set:
+        return {k for (k,) in self._con.execute("SELECT key FROM records")}
+
+    def records(self):
+        rows = self._con.execute("SELECT key, payload FROM records ORDER BY key").fetchall()
+        return [(k, bytes_to_arrays(p)) for k, p in rows]
+
+    def remove(self, keys):
+        with self._con:
+            self._con.executemany("DELETE FROM records WHERE key = ?", [(k,) for k in keys])
+
+    def close(self):
+        self._con.close()
+
+    def delete(self):
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                p.unlink()
+
+
+# --------------------------------------------------------------------------- shards
+def _shard_parts(db_dir, key):
+    return sorted(Path(db_dir).glob(f"{key}.p*.h5"))
+
+
+# Small datasets are stored contiguous: a chunked, compressed dataset costs kilobytes of
+# metadata, more than a small shard's data.
+_COMPRESS_ABOVE = 4096
+
+
+def _str_dataset(group, name, values):
+    data = np.array(values, dtype=object)
+    big = sum(len(v) for v in values) > _COMPRESS_ABOVE
+    group.create_dataset(name, data=data, dtype=h5py.string_dtype(),
+                         **({"compression": "gzip", "compression_opts": 9} if big else {}))
+
+
+def _arr(group, name, data):
+    data = np.asarray(data)
+    big = data.nbytes > _COMPRESS_ABOVE
+    group.create_dataset(name, data=data, **({"compression": "gzip", "compression_opts": 9,
+                                               "shuffle": True} if big else {}))
+
+
+def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
+    """Write records ``[(molecule_key, arrays), ...]`` as a new immutable shard part.
+
+    Written under a temporary name, flushed to disk and renamed, so a crash leaves either no
+    shard or a whole one.
+    """
+    db_dir = Path(db_dir)
+    parts = _shard_parts(db_dir, key)
+    n = 1 + max([int(p.suffixes[-2][2:]) for p in parts], default=-1)
+    final = db_dir / f"{key}.p{n:03d}.h5"
+    tmp = db_dir / f".{final.name}.tmp"
+    records = sorted(records, key=lambda kr: kr[0])
+    metas = [a["meta"] for _, a in records]
+    with h5py.File(tmp, "w", libver="latest") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["recipe"] = json.dumps(recipe_dict, sort_keys=True)
+        f.attrs["shard_key"] = key
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for k, v in (extra_attrs or {}).items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+        mol = f.create_group("molecules")
+        for name in ("key", "name", "source", "smiles", "geometry", "status"):
+            _str_dataset(mol, name, [m[name] for m in metas])
+        _arr(mol, "seconds", np.array([m["seconds"] for m in metas], np.float32))
+        _arr(mol, "gs_seconds", np.array([m["gs_seconds"] for m in metas], np.float32))
+        _arr(mol, "fermi_ev", np.array([m["fermi_ev"] for m in metas], np.float32))
+        n_atoms = np.array([a["symbols"].size for _, a in records], np.int32)
+        _arr(mol, "atom_offsets", np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int32))
+        _arr(mol, "symbols", np.concatenate([a["symbols"] for _, a in records])
+             if records else np.zeros(0, "S2"))
+        _arr(mol, "coords", np.concatenate([a["coords"] for _, a in records])
+             if records else np.zeros((0, 3), np.float32))
+        site = f.create_group("sites")
+        n_sites = np.array([a["atom_index"].size for _, a in records], np.int32)
+        _arr(site, "molecule", np.repeat(np.arange(len(records), dtype=np.int32), n_sites))
+        for name, dtype in SITE_FIELDS.items():
+            _arr(site, name, np.concatenate([a[name] for _, a in records]).astype(dtype)
+                 if records else np.zeros(0, dtype))
+        _str_dataset(site, "status", [s for m in metas for s in m["site_status"]])
+        _str_dataset(site, "stage", [s for m in metas for s in m["site_stage"]])
+        eq = [e for m in metas for e in m["equivalent"]]
+        _arr(site, "equivalent_offsets",
+             np.concatenate([[0], np.cumsum([len(e) for e in eq])]).astype(np.int32))
+        _arr(site, "equivalent", np.array([i for e in eq for i in e], np.int16))
+        for prefix in ("spec", "dos"):
+            counts = np.concatenate([a[f"{prefix}_count"] for _, a in records]) \
+                if records else np.zeros(0, np.int32)
+            _arr(site, f"{prefix}_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(
+                np.int32))
+        for name in ("spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p",
+                     "dos_d"):
+            _arr(site, name, np.concatenate([a[name] for _, a in records]))
+        f.attrs["n_molecules"] = len(records)
+        f.attrs["n_sites"] = int(n_sites.sum())
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(db_dir)
+    return final
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def finished_keys(db_dir, shard=None) -> set:
+    """Molecule keys held by finished shards (of one shard key, if given)."""
+    keys = set()
+    for p in sorted(Path(db_dir).glob(f"{shard}.p*.h5" if shard else "*.h5")):
+        with h5py.File(p, "r") as f:
+            keys.update(k.decode() if isinstance(k, bytes) else k
+                        for k in f["molecules/key"][()])
+    return keys
+
+
+def journal_keys(db_dir) -> set:
+    keys = set()
+    for p in sorted((Path(db_dir) / ".journal").glob("*.sqlite")):
+        j = Journal(db_dir, p.stem)
+        keys |= j.keys()
+        j.close()
+    return keys
+
+
+def flush_journals(db_dir, recipe_dict=None, only=None) -> list:
+    """Turn journal records into new shard parts (e.g. before committing a running build).
+
+    Records are removed from a journal only after their shard has been renamed into place; a
+    crash in between leaves duplicates that :func:`load_database` drops, never a loss.
+    """
+    written = []
+    done = finished_keys(db_dir)
+    for p in sorted((Path(db_dir) / ".journal").glob("*.sqlite")):
+        if only is not None and p.stem not in only:
+            continue
+        j = Journal(db_dir, p.stem)
+        recs = [(k, a) for k, a in j.records() if k not in done]
+        recipe = recipe_dict or j.info().get("recipe")
+        if recs:
+            written.append(write_shard(db_dir, p.stem, recs, recipe, j.info().get("attrs")))
+        j.remove([k for k, _ in j.records()])
+        j.delete()
+    return written
+
+
+# --------------------------------------------------------------------------- reading
+class SiteTable:
+    """All sites of a database as numpy arrays (see docs/CONTRACTS.md)."""
+
+    def __init__(self, molecules, sites, sticks, recipe, shards):
+        self.molecules = molecules
+        self.sites = sites
+        self.spec_offsets = sticks["spec_offsets"]
+        self.spec_energy = sticks["spec_energy"]
+        self.spec_xyz = sticks["spec_xyz"]
+        self.dos_offsets = sticks["dos_offsets"]
+        self.dos_energy = sticks["dos_energy"]
+        self.dos_s = sticks["dos_s"]
+        self.dos_p = sticks["dos_p"]
+        self.dos_d = sticks["dos_d"]
+        self.dos_occupation = sticks["dos_occ"]
+        self.recipe = recipe
+        self.shards = shards
+
+    @property
+    def spec_intensity(self):
+        return self.spec_xyz.mean(axis=1)
+
+    @property
+    def dos_sp(self):
+        return self.dos_s + self.dos_p
+
+    @property
+    def dos_occupied(self):
+        return self.dos_occupation > 0
+
+    @property
+    def n_sites(self):
+        return self.sites["atom_index"].size
+
+    @property
+    def n_molecules(self):
+        return self.molecules["key"].size
+
+    def __len__(self):
+        return self.n_sites
+
+    def __repr__(self):
+        ok = int(self.sites["ok"].sum()) if self.n_sites else 0
+        return (f"<SiteTable {self.n_molecules} molecules, {self.n_sites} sites ({ok} ok), "
+                f"{len(self.shards)} shards>")
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for p in self.shards:
+            h.update(Path(p).name.encode())
+            h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+        return h.hexdigest()[:16]
+
+    def select(self, mask) -> "SiteTable":
+        """Sites where ``mask`` is true (molecules are kept whole; indices stay valid)."""
+        idx = np.flatnonzero(np.asarray(mask))
+        sites = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
+                 for k, v in self.sites.items()}
+        sticks = {}
+        for prefix, names in (("spec", ("spec_energy", "spec_xyz")),
+                              ("dos", ("dos_energy", "dos_s", "dos_p", "dos_d", "dos_occ"))):
+            off = getattr(self, f"{prefix}_offsets")
+            take = np.concatenate([np.arange(off[i], off[i + 1]) for i in idx]).astype(
+                np.int64) if idx.size else np.zeros(0, np.int64)
+            counts = off[idx + 1] - off[idx]
+            sticks[f"{prefix}_offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(
+                np.int64)
+            for n in names:
+                src = self.dos_occupation if n == "dos_occ" else getattr(self, n)
+                sticks[n] = src[take]
+        return SiteTable(self.molecules, sites, sticks, self.recipe, self.shards)
+
+    def ok(self) -> "SiteTable":
+        return self.select(self.sites["ok"])
+
+    def molecule_atoms(self, m):
+        """Symbols and coordinates (Angstrom) of molecule ``m``."""
+        a, b = self.molecules["atom_offsets"][m], self.molecules["atom_offsets"][m + 1]
+        return self.molecules["symbols"][a:b], self.molecules["coords"][a:b]
+
+
+def _read_str(ds):
+    return np.array([v.decode() if isinstance(v, bytes) else v for v in ds[()]], dtype=object)
+
+
+def load_database(path) -> SiteTable:
+    """Read every finished shard of a database directory (or one shard file).
+
+    Parameters
+    ----------
+    path : str or Path
+        Database directory or a single ``.h5`` shard.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}")
+    shards = [path] if path.is_file() else sorted(path.glob("*.h5"))
+    mol_parts, site_parts, stick_parts, recipes = [], [], [], []
+    seen = set()
+    for p in shards:
+        try:
+            f = h5py.File(p, "r")
+        except OSError as exc:
+            raise OSError(f"{p}: not a readable database shard ({exc})") from None
+        with f:
+            recipes.append(f.attrs["recipe"])
+            keys = _read_str(f["molecules/key"])
+            fresh = np.array([k not in seen for k in keys], dtype=bool)
+            if not fresh.all():
+                warnings.warn(f"{p.name}: {int((~fresh).sum())} molecules already in another "
+                              "shard are skipped")
+            seen.update(keys)
+            mol = {n: _read_str(f[f"molecules/{n}"]) for n in
+                   ("key", "name", "source", "smiles", "geometry", "status")}
+            for n in ("seconds", "gs_seconds", "fermi_ev", "atom_offsets", "symbols", "coords"):
+                mol[n] = f[f"molecules/{n}"][()]
+            s = {n: f[f"sites/{n}"][()] for n in list(SITE_FIELDS) + ["molecule",
+                 "equivalent_offsets", "equivalent", "spec_offsets", "dos_offsets",
+                 "spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p", "dos_d"]}
+            s["status"] = _read_str(f["sites/status"])
+            s["stage"] = _read_str(f["sites/stage"])
+        mol_parts.append((mol, fresh))
+        site_parts.append(s)
+    return _concat(mol_parts, site_parts, recipes, shards, path)
+
+
+def _concat(mol_parts, site_parts, recipes, shards, path):
+    if len(set(recipes)) > 1:
+        warnings.warn(f"{path}: shards were made with {len(set(recipes))} different recipes")
+    recipe = json.loads(recipes[0]) if recipes else {}
+    molecules = {k: [] for k in ("key", "name", "source", "smiles", "geometry", "status",
+                                 "seconds", "fermi_ev", "n_atoms", "n_heavy")}
+    symbols, coords, sites = [], [], {}
+    spec_e, spec_x, dos = [], [], {k: [] for k in ("dos_energy", "dos_s", "dos_p", "dos_d",
+                                                    "dos_occ")}
+    spec_counts, dos_counts = [], []
+    n_mol = 0
+    for (mol, fresh), s in zip(mol_parts, site_parts):
+        new_index = np.cumsum(fresh) - 1 + n_mol
+        off = mol["atom_offsets"]
+        for i in np.flatnonzero(fresh):
+            for k in ("key", "name", "source", "smiles", "geometry", "status", "seconds",
+                      "fermi_ev"):
+                molecules[k].append(mol[k][i])
+            sym = mol["symbols"][off[i]:off[i + 1]]
+            symbols.append(sym)
+            coords.append(mol["coords"][off[i]:off[i + 1]])
+            molecules["n_atoms"].append(sym.size)
+            molecules["n_heavy"].append(int((sym != b"H").sum()))
+        keep = fresh[s["molecule"]]
+        idx = np.flatnonzero(keep)
+        for k, v in s.items():
+            if k in SITE_FIELDS or k in ("status", "stage"):
+                sites.setdefault(k, []).append(v[idx])
+        sites.setdefault("molecule", []).append(new_index[s["molecule"][idx]])
+        sites.setdefault("fermi", []).append(mol["fermi_ev"][s["molecule"][idx]])
+        eqo = s["equivalent_offsets"]
+        sites.setdefault("equivalent", []).extend(
+            [s["equivalent"][eqo[i]:eqo[i + 1]] for i in idx])
+        so, do = s["spec_offsets"], s["dos_offsets"]
+        for i in idx:
+            spec_e.append(s["spec_energy"][so[i]:so[i + 1]])
+            spec_x.append(s["spec_xyz"][so[i]:so[i + 1]])
+            spec_counts.append(so[i + 1] - so[i])
+            for k in dos:
+                dos[k].append(s[k][do[i]:do[i + 1]])
+            dos_counts.append(do[i + 1] - do[i])
+        n_mol += int(fresh.sum())
+    out_sites = {k: (np.concatenate(v) if v and k != "equivalent" else v)
+                 for k, v in sites.items()}
+    if not out_sites:
+        out_sites = {k: np.zeros(0, dt) for k, dt in SITE_FIELDS.items()}
+        out_sites.update(status=np.zeros(0, object), stage=np.zeros(0, object),
+                         molecule=np.zeros(0, np.int64), fermi=np.zeros(0, np.float32),
+                         equivalent=[])
+    out_sites["ok"] = np.array([st == "ok" for st in out_sites["status"]], dtype=bool)
+    out_sites["equivalent"] = list(out_sites["equivalent"])
+    mols = {k: np.array(v, dtype=object if k in ("key", "name", "source", "smiles", "geometry",
+                                                  "status") else None)
+            for k, v in molecules.items()}
+    n_atoms = np.array(molecules["n_atoms"], dtype=np.int64)
+    mols["atom_offsets"] = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+    mols["symbols"] = np.array([x.decode() for x in np.concatenate(symbols)], dtype="U2") \
+        if symbols else np.zeros(0, "U2")
+    mols["coords"] = np.concatenate(coords).astype(np.float64) if coords else np.zeros((0, 3))
+
+    def cat(parts, shape_tail=(), dtype=np.float32):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros((0,) + shape_tail,
+                                                                          dtype)
+
+    sticks = {
+        "spec_offsets": np.concatenate([[0], np.cumsum(spec_counts)]).astype(np.int64),
+        "spec_energy": cat(spec_e),
+        "spec_xyz": cat(spec_x, (3,)),
+        "dos_offsets": np.concatenate([[0], np.cumsum(dos_counts)]).astype(np.int64),
+        "dos_energy": cat(dos["dos_energy"]),
+        "dos_s": cat(dos["dos_s"]),
+        "dos_p": cat(dos["dos_p"]),
+        "dos_d": cat(dos["dos_d"]),
+        "dos_occ": cat(dos["dos_occ"], dtype=np.uint8),
+    }
+    for k in ("excitation_energy", "core_1s", "fermi", "hole_population", "s2", "seconds"):
+        out_sites[k] = out_sites[k].astype(np.float32)
+    return SiteTable(mols, out_sites, sticks, recipe, [str(p) for p in shards])
