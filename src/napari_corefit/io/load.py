@@ -101,8 +101,8 @@ def load_spectrum_image(
         signals = _read(path, lazy)
     signal = _pick_spectrum_image(signals, path, edge)
     notes: list[str] = []
-    energy = _check_energy_axis(signal, path, edge, notes)
     _check_shape(signal, path)
+    energy = _check_energy_axis(signal, path, edge, notes)
     if signal.metadata.Signal.signal_type != "EELS":
         # generic Signal1D (MSA, hspy written without a type): give it exSpy's EELS methods
         signal.set_signal_type("EELS")
