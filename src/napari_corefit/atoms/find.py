@@ -39,7 +39,9 @@ def estimate_separation(image, smooth=1.0):
     f = np.fft.rfft2(img)
     ac = np.fft.fftshift(np.fft.irfft2(f * np.conj(f), s=img.shape))
     cy, cx = img.shape[0] // 2, img.shape[1] // 2
-    peaks = peak_local_max(ac, min_distance=2, exclude_border=False, num_peaks=64)
+    # every lattice vector gives a maximum of similar height: take the nearest clear one
+    peaks = peak_local_max(ac, min_distance=2, exclude_border=False,
+                           threshold_abs=0.2 * ac[cy, cx])
     d = np.hypot(peaks[:, 0] - cy, peaks[:, 1] - cx)
     d = d[d >= 2]
     if d.size == 0:

@@ -328,7 +328,7 @@ def _allocate(shape, dtype, fill, store, name):
 
 def predict_signal(model, signal, config=None, device="auto", batch_size=None, amp=False,
                    chunk_pixels=32768, progress=None, cancel=None, store=None, preprocess=None,
-                   prefetch=True):
+                   prefetch=True, block_hook=None):
     """Preprocess and predict every pixel of a spectrum image, block by block.
 
     Each block of rows (about ``chunk_pixels`` pixels) is read (computed, when the signal is
@@ -356,6 +356,9 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
         Default :func:`napari_corefit.spectra.pipeline.preprocess`.
     prefetch : bool
         Read the next block in a background thread.
+    block_hook : callable(r0, r1, counts), optional
+        Called with every block of raw counts (rows ``r0:r1`` of the first navigation axis), so
+        that a caller can accumulate more from the same read (e.g. per-atom sums).
 
     Returns
     -------
@@ -403,6 +406,8 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
                 counts = nxt.result() if prefetch else _read(data, r0, r1)
                 if prefetch and b + 1 < len(blocks):
                     nxt = pool.submit(_read, data, *blocks[b + 1])
+                if block_hook is not None:
+                    block_hook(r0, r1, counts)
                 res = preprocess(energy, counts, config)
                 mask = np.asarray(res.mask, bool).reshape(-1)
                 spectra = np.asarray(res.spectra, np.float32).reshape(mask.size, -1)

@@ -1,0 +1,501 @@
+"""The engine: a spectrum image in, DOS maps and a per-atom table out (no Qt, no napari).
+
+``predict(source, model)`` reads the SI (:func:`napari_corefit.io.load_spectrum_image`), finds
+the atom columns in its ADF (or survey) image when asked, preprocesses and predicts every pixel
+block by block (:func:`napari_corefit.model.inference.predict_signal`, which also sums the
+columns' raw spectra from the same reads), derives maps from the predicted DOS, predicts the
+columns' summed spectra, and returns an :class:`EngineResult` of HyperSpy signals that carry the
+SI's navigation axes.
+
+Derived maps (each a 2-D array over the scan):
+
+``homo_ev``, ``lumo_ev``, ``gap_ev``
+    Highest peak of the occupied DOS, lowest peak of the unoccupied DOS (eV relative to E_F;
+    :func:`napari_corefit.spectra.peaks.find_first_peak`, run downwards for the occupied part),
+    and their difference.
+window integrals
+    Fraction of a curve's area inside a user-chosen window, e.g. ``("unoccupied", 0, 3)``.
+``sigma_rel``
+    Ensemble spread over both curves relative to their area: sum(std) / sum(mean).
+``ood``
+    Out-of-distribution score (1 = the training inputs' 99th percentile).
+``quality``
+    Bit flags, 0 = good: 1 masked by preprocessing, 2 ``sigma_rel > sigma_max``,
+    4 ``ood > ood_max``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_corefit.spectra.grids import DOS_GRID, EnergyGrid
+from napari_corefit.spectra.peaks import find_first_peak
+
+__all__ = [
+    "EngineResult",
+    "predict",
+    "dos_features",
+    "quality_flags",
+    "parse_window",
+    "DEFAULT_WINDOWS",
+    "QUALITY_BITS",
+    "CURVES",
+]
+
+#: Default energy windows for integrated-DOS maps: name -> (curve, low eV, high eV).
+DEFAULT_WINDOWS = {
+    "occupied_-3_0eV": ("occupied", -3.0, 0.0),
+    "unoccupied_0_3eV": ("unoccupied", 0.0, 3.0),
+}
+QUALITY_BITS = {"masked": 1, "high_sigma": 2, "out_of_distribution": 4}
+#: Order of the curves in a saved DOS file (its first navigation axis).
+CURVES = ("occupied", "unoccupied", "occupied_std", "unoccupied_std")
+_ENERGY_NAME = "Energy relative to E_F"
+_MAP_UNITS = {"homo_ev": "eV", "lumo_ev": "eV", "gap_ev": "eV", "peak_energy_ev": "eV",
+              "edge_counts": "counts"}
+
+
+# --------------------------------------------------------------------------------------------
+# derived features (plain functions over arrays)
+
+
+def parse_window(text):
+    """``"unoccupied:0:3"`` -> ``("unoccupied_0_3eV", ("unoccupied", 0.0, 3.0))``.
+
+    Examples
+    --------
+    >>> parse_window("occupied:-5:-1")
+    ('occupied_-5_-1eV', ('occupied', -5.0, -1.0))
+    """
+    try:
+        part, lo, hi = text.split(":")
+        lo, hi = float(lo), float(hi)
+    except ValueError:
+        raise ValueError(f"window {text!r}: expected CURVE:LOW:HIGH, e.g. unoccupied:0:3") from None
+    if part not in ("occupied", "unoccupied") or not hi > lo:
+        raise ValueError(f"window {text!r}: CURVE is occupied or unoccupied and LOW < HIGH")
+    return f"{part}_{lo:g}_{hi:g}eV", (part, lo, hi)
+
+
+def dos_features(mean, std, grid=DOS_GRID, windows=None, min_fraction=0.3):
+    """Features of predicted DOS curves.
+
+    Parameters
+    ----------
+    mean, std : array_like, shape (..., 2, n)
+        Occupied (0) and unoccupied (1) DOS on ``grid`` and their ensemble spread; NaN rows
+        give NaN features.
+    grid : EnergyGrid
+    windows : dict, optional
+        name -> (curve, low, high) in eV (default :data:`DEFAULT_WINDOWS`).
+    min_fraction : float
+        A peak must reach this fraction of its curve's maximum.
+
+    Returns
+    -------
+    dict of ndarray, shape (...)
+        ``homo_ev``, ``lumo_ev``, ``gap_ev``, one entry per window (fraction of the curve's area
+        in it), ``sigma_rel``.
+
+    Examples
+    --------
+    >>> g = EnergyGrid(-15, 0.1, 300)
+    >>> e = g.values
+    >>> dos = np.stack([np.exp(-(e + 2) ** 2), np.exp(-(e - 1.5) ** 2)])
+    >>> f = dos_features(dos, 0.1 * dos, g)
+    >>> round(float(f["homo_ev"]), 2), round(float(f["lumo_ev"]), 2), round(float(f["sigma_rel"]), 2)
+    (-2.0, 1.5, 0.1)
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    windows = DEFAULT_WINDOWS if windows is None else windows
+    e = grid.values
+    occ, unocc = mean[..., 0, :], mean[..., 1, :]
+    out = {}
+    # the highest occupied peak is the first peak met coming down from above
+    out["homo_ev"] = -find_first_peak(-e[::-1], occ[..., ::-1], min_fraction=min_fraction)
+    out["lumo_ev"] = find_first_peak(e, unocc, min_fraction=min_fraction)
+    out["gap_ev"] = out["lumo_ev"] - out["homo_ev"]
+    for name, (part, lo, hi) in windows.items():
+        curve = occ if part == "occupied" else unocc
+        inside = (e >= lo - 1e-9) & (e < hi - 1e-9)
+        area = np.nansum(curve, axis=-1) * grid.step
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = curve[..., inside].sum(-1) * grid.step / area
+        out[name] = np.where(np.isfinite(curve).all(-1), frac, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["sigma_rel"] = std.sum((-2, -1)) / np.abs(mean.sum((-2, -1)))
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def quality_flags(mask, sigma_rel, ood, sigma_max=0.5, ood_max=1.0):
+    """Per-pixel quality bits (see :data:`QUALITY_BITS`; 0 = usable and trustworthy).
+
+    Examples
+    --------
+    >>> quality_flags(np.array([True, False, True]), np.array([0.1, np.nan, 0.9]),
+    ...               np.array([2.0, np.nan, 0.5]))
+    array([4, 1, 2], dtype=uint8)
+    """
+    mask = np.asarray(mask, bool)
+    q = np.where(mask, 0, QUALITY_BITS["masked"]).astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        q |= np.where(mask & (np.asarray(sigma_rel) > sigma_max), QUALITY_BITS["high_sigma"],
+                      0).astype(np.uint8)
+        q |= np.where(mask & (np.asarray(ood) > ood_max), QUALITY_BITS["out_of_distribution"],
+                      0).astype(np.uint8)
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# result
+
+
+def _nav_axes(signal):
+    """The signal's navigation axes in array order, as axis dicts (name, units, offset, scale)."""
+    axes = []
+    for a in signal.axes_manager.navigation_axes[::-1]:
+        uniform = getattr(a, "is_uniform", True)
+        axes.append({"name": str(a.name), "units": _units(a.units), "size": int(a.size),
+                     "offset": float(a.offset) if uniform else float(a.axis[0]),
+                     "scale": float(a.scale) if uniform else 1.0})
+    return axes
+
+
+def _units(units):
+    text = "" if units is None else str(units).strip()
+    return "" if text in ("<undefined>", "None") else text
+
+
+def _energy_axis(grid):
+    return {"name": _ENERGY_NAME, "units": "eV", "offset": float(grid.start),
+            "scale": float(grid.step), "size": int(grid.n)}
+
+
+def _signal(data, nav, sig, title, kind=None):
+    import hyperspy.api as hs
+
+    axes = [dict(a, navigate=True) for a in nav] + [dict(a, navigate=False) for a in sig]
+    cls = {1: hs.signals.Signal1D, 2: hs.signals.Signal2D}.get(len(sig), hs.signals.BaseSignal)
+    s = cls(data, axes=axes)
+    s.metadata.General.title = title
+    if kind:
+        s.metadata.set_item("Corefit.kind", kind)
+    return s
+
+
+_NM_PER_UNIT = {"nm": 1.0, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3, "um": 1e3,
+                "m": 1e9}
+
+
+def _to_nm(px, axis):
+    f = _NM_PER_UNIT.get(axis["units"])
+    if f is None:
+        return np.full(np.shape(px), np.nan)
+    return (axis["offset"] + axis["scale"] * np.asarray(px, dtype=np.float64)) * f
+
+
+@dataclass
+class EngineResult:
+    """Everything the engine predicted for one spectrum image.
+
+    Attributes
+    ----------
+    occupied, unoccupied : hyperspy Signal1D
+        Ensemble-mean DOS cubes, navigation = the SI's, signal axis "Energy relative to E_F" (eV).
+    occupied_std, unoccupied_std : hyperspy Signal1D
+        Ensemble standard deviation, same axes.
+    maps : dict of str -> hyperspy Signal2D
+        Derived maps (see module docstring) and ``peak_energy_ev``, ``edge_counts``, ``reason``.
+    image : hyperspy Signal2D or None
+        The image the columns were found in (ADF, else the survey).
+    atoms_table : pandas.DataFrame or None
+        One row per column (``--atoms``).
+    atoms_mean, atoms_std : ndarray, shape (n_atoms, 2, n), or None
+        The columns' predicted DOS.
+    atoms_input : ndarray, shape (n_atoms, n_in), or None
+        The columns' preprocessed spectra (model inputs).
+    info : dict
+        Provenance: model directory/commit, device, windows, thresholds, preprocessing config.
+    """
+
+    occupied: object
+    unoccupied: object
+    occupied_std: object
+    unoccupied_std: object
+    maps: dict
+    image: object = None
+    atoms_table: object = None
+    atoms_mean: np.ndarray | None = None
+    atoms_std: np.ndarray | None = None
+    atoms_input: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def curves(self):
+        return [getattr(self, c) for c in CURVES]
+
+    def save(self, path, overwrite=True):
+        """Write ``path`` (the four DOS cubes stacked along a first navigation axis "curve",
+        order :data:`CURVES`), ``<stem>_maps.hspy`` (the maps stacked along "map", names in
+        ``metadata.Corefit.maps``), with atoms ``<stem>_atoms.csv`` and ``<stem>_atoms.hspy``.
+
+        Returns
+        -------
+        list of Path
+        """
+        from napari_corefit.io import write_results
+
+        path = Path(path)
+        first = self.occupied
+        nav = _nav_axes(first)
+        energy = first.axes_manager.signal_axes[0]
+        eax = {"name": str(energy.name), "units": _units(energy.units), "size": int(energy.size),
+               "offset": float(energy.offset), "scale": float(energy.scale)}
+        curve_ax = {"name": "curve", "units": "", "size": len(CURVES), "offset": 0.0,
+                    "scale": 1.0}
+        dos = _signal(np.stack([np.asarray(c.data) for c in self.curves()]), [curve_ax] + nav,
+                      [eax], "corefit DOS", "dos")
+        dos.metadata.set_item("Corefit.curves", list(CURVES))
+        dos.metadata.set_item("Corefit.info", json.dumps(self.info, default=str))
+        names = list(self.maps)
+        map_ax = {"name": "map", "units": "", "size": len(names), "offset": 0.0, "scale": 1.0}
+        maps = _signal(np.stack([np.asarray(self.maps[n].data, np.float32) for n in names]),
+                       [map_ax], nav, "corefit maps", "maps")
+        maps.metadata.set_item("Corefit.maps", names)
+        signals = {"": dos, "maps": maps}
+        if self.image is not None:
+            signals["image"] = self.image
+        if self.atoms_mean is not None and len(self.atoms_mean):
+            n = len(self.atoms_mean)
+            atom_ax = {"name": "atom", "units": "", "size": n, "offset": 0.0, "scale": 1.0}
+            data = np.stack([self.atoms_mean[:, 0], self.atoms_mean[:, 1],
+                             self.atoms_std[:, 0], self.atoms_std[:, 1]])
+            signals["atoms"] = _signal(data, [curve_ax, atom_ax], [eax], "corefit atoms DOS",
+                                       "atoms")
+            signals["atoms"].metadata.set_item("Corefit.curves", list(CURVES))
+        written = write_results(path, signals, overwrite=overwrite)
+        if self.atoms_table is not None:
+            csv = path.with_name(f"{path.stem}_atoms.csv")
+            self.atoms_table.to_csv(csv, index=False)
+            written.append(csv)
+        return written
+
+    @classmethod
+    def load(cls, path):
+        """Read back what :meth:`save` wrote."""
+        import hyperspy.api as hs
+        import pandas as pd
+
+        path = Path(path)
+        dos = hs.load(path)
+        curves = list(dos.metadata.Corefit.curves)
+        parts = {c: dos.inav[..., i] for i, c in enumerate(curves)}
+        for c, s in parts.items():
+            s.metadata.General.title = c
+        maps_file = path.with_name(f"{path.stem}_maps{path.suffix}")
+        maps = {}
+        if maps_file.exists():
+            ms = hs.load(maps_file)
+            for i, name in enumerate(ms.metadata.Corefit.maps):
+                m = ms.inav[i]
+                m.metadata.General.title = name
+                maps[name] = m
+        image_file = path.with_name(f"{path.stem}_image{path.suffix}")
+        image = hs.load(image_file) if image_file.exists() else None
+        csv = path.with_name(f"{path.stem}_atoms.csv")
+        table = pd.read_csv(csv) if csv.exists() else None
+        atoms_file = path.with_name(f"{path.stem}_atoms{path.suffix}")
+        am = ast = None
+        if atoms_file.exists():
+            a = np.asarray(hs.load(atoms_file).data)
+            am, ast = np.stack([a[0], a[1]], 1), np.stack([a[2], a[3]], 1)
+        info = json.loads(dos.metadata.Corefit.info) if dos.metadata.has_item(
+            "Corefit.info") else {}
+        return cls(parts["occupied"], parts["unoccupied"], parts["occupied_std"],
+                   parts["unoccupied_std"], maps, image, table, am, ast, None, info)
+
+
+# --------------------------------------------------------------------------------------------
+# orchestration
+
+
+def _load_model(model, device):
+    from napari_corefit.model import checkpoint
+
+    if model is None:
+        return checkpoint.load_default(device=device)
+    if isinstance(model, (str, Path)):
+        return checkpoint.load_model(model, device=device)
+    return model
+
+
+def _spectrum_image(source, adf, lowloss, lazy):
+    """A SpectrumImage from a path, a SpectrumImage, or a bare HyperSpy signal."""
+    from napari_corefit.io import SpectrumImage, load_spectrum_image
+
+    if isinstance(source, SpectrumImage):
+        return source
+    if isinstance(source, (str, Path)):
+        return load_spectrum_image(source, adf=adf, lowloss=lowloss, lazy=lazy)
+    return _SignalOnly(source, adf)
+
+
+class _SignalOnly:
+    """Stand-in with the attributes the engine uses, for a bare signal (tests, notebooks)."""
+
+    def __init__(self, signal, adf=None):
+        self.signal, self.adf, self.lowloss, self.path = signal, adf, None, None
+
+    @property
+    def image(self):
+        if self.adf is not None:
+            return np.asarray(getattr(self.adf, "data", self.adf), dtype=np.float64)
+        data = self.signal.data
+        s = data.sum(-1)
+        return np.asarray(s.compute() if hasattr(s, "compute") else s, dtype=np.float64)
+
+
+def _image_signal(si, nav):
+    img = np.asarray(si.image, dtype=np.float32)
+    if len(nav) != 2 or img.shape != (nav[0]["size"], nav[1]["size"]):
+        return None
+    title = "ADF" if si.adf is not None else "survey (total counts)"
+    return _signal(img, [], nav, title, "image")
+
+
+def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="auto",
+            batch_size=None, amp=False, chunk_pixels=32768, atoms=False, atom_options=None,
+            windows=None, sigma_max=0.5, ood_max=1.0, config=None, preprocess=None,
+            progress=None, cancel=None, store=None):
+    """Predict the site DOS of every pixel (and every atom column) of a spectrum image.
+
+    Parameters
+    ----------
+    source : path, SpectrumImage or hyperspy Signal1D
+        The core-loss SI (raw counts, energy loss in eV).
+    model : LoadedModel, Ensemble, path or None
+        None loads the bundled model (:func:`napari_corefit.model.checkpoint.load_default`).
+    adf, lowloss, lazy
+        Passed to :func:`napari_corefit.io.load_spectrum_image` (``adf`` may also be an array
+        when ``source`` is a signal).
+    device, batch_size, amp, chunk_pixels, store, progress, cancel
+        See :func:`napari_corefit.model.inference.predict_signal`.
+    atoms : bool
+        Find the atom columns and predict their summed spectra.
+    atom_options : dict, optional
+        ``min_distance``, ``threshold_rel``, ``smooth``, ``refine`` (for
+        :func:`napari_corefit.atoms.find.find_atoms`) and ``sum_radius`` (pixels summed per
+        column: within this radius of it, inside its Voronoi cell; None = the whole cell).
+    windows : dict, optional
+        Integration windows, name -> (curve, low, high) eV (default :data:`DEFAULT_WINDOWS`).
+    sigma_max, ood_max : float
+        Thresholds of the quality flags.
+    config : PreprocessConfig, optional
+        Default: the checkpoint's.
+    preprocess : callable, optional
+        Replaces :func:`napari_corefit.spectra.pipeline.preprocess` (tests).
+
+    Returns
+    -------
+    EngineResult
+
+    Raises
+    ------
+    napari_corefit.model.inference.Cancelled
+        When ``cancel()`` returned true; nothing is returned or written.
+    """
+    from napari_corefit.atoms.table import atom_table
+    from napari_corefit.model.inference import (_default_preprocess, _preprocess_config,
+                                                predict_signal, predict_spectra)
+    from napari_corefit.model.ood import ood_score
+
+    windows = DEFAULT_WINDOWS if windows is None else dict(windows)
+    si = _spectrum_image(source, adf, lowloss, lazy)
+    model = _load_model(model, device)
+    preprocess = preprocess or _default_preprocess()
+    config = _preprocess_config(model, config)
+    cfg = getattr(model, "config", None) or {}
+    grid = EnergyGrid.from_dict(cfg["output_grid"]) if "output_grid" in cfg else DOS_GRID
+    nav = _nav_axes(si.signal)
+    image = _image_signal(si, nav)
+
+    acc = positions = None
+    if atoms:
+        from napari_corefit.atoms.find import find_atoms
+        from napari_corefit.atoms.spectra import AtomSums, assign_pixels
+
+        if image is None:
+            raise ValueError("atom columns need a 2-D scan with an image of the same shape")
+        opts = dict(atom_options or {})
+        sum_radius = opts.pop("sum_radius", None)
+        positions = find_atoms(np.asarray(image.data), **opts)
+        labels = assign_pixels(image.data.shape, positions["y"], positions["x"], sum_radius)
+        acc = AtomSums(labels, len(positions))
+
+    def pixel_progress(fraction, message):
+        if progress is not None:
+            progress(0.95 * fraction if atoms else fraction, message)
+
+    pred = predict_signal(model, si.signal, config, device=device, batch_size=batch_size, amp=amp,
+                          chunk_pixels=chunk_pixels, progress=pixel_progress, cancel=cancel,
+                          store=store, preprocess=preprocess,
+                          block_hook=acc.add if acc is not None else None)
+
+    feats = dos_features(pred.mean, pred.std, grid, windows)
+    quality = quality_flags(pred.mask, feats["sigma_rel"], pred.ood, sigma_max, ood_max)
+    map_arrays = dict(feats)
+    map_arrays.update(ood=pred.ood, quality=quality, peak_energy_ev=pred.peak_energy,
+                      edge_counts=pred.edge_counts, reason=pred.reason)
+    maps = {}
+    for name, arr in map_arrays.items():
+        s = _signal(np.asarray(arr), [], nav, name, "map")
+        if name in _MAP_UNITS:
+            s.metadata.set_item("Signal.quantity", f"{name} ({_MAP_UNITS[name]})")
+        maps[name] = s
+    eax = _energy_axis(grid)
+    cubes = [_signal(part, nav, [eax], title, "dos") for part, title in
+             [(pred.mean[..., 0, :], "occupied DOS"), (pred.mean[..., 1, :], "unoccupied DOS"),
+              (pred.std[..., 0, :], "occupied DOS std"), (pred.std[..., 1, :], "unoccupied DOS std")]]
+
+    table = am = ast = ain = None
+    if atoms:
+        if cancel is not None and cancel():
+            from napari_corefit.model.inference import Cancelled
+
+            raise Cancelled("cancelled before the atom columns")
+        energy = np.asarray(si.signal.axes_manager.signal_axes[0].axis, dtype=np.float64)
+        n_ch = energy.size
+        counts = acc.counts if acc.counts is not None else np.zeros((len(positions), n_ch))
+        res = preprocess(energy, counts, config)
+        mask = np.asarray(res.mask, bool)
+        ain = np.asarray(res.spectra, np.float32)
+        n_out = grid.n
+        am = np.full((len(positions), 2, n_out), np.nan, np.float32)
+        ast = np.full_like(am, np.nan)
+        ood = np.full(len(positions), np.nan, np.float32)
+        good = np.flatnonzero(mask)
+        if good.size:
+            am[good], ast[good] = predict_spectra(model, ain[good], device=device,
+                                                  batch_size=batch_size, amp=amp)
+            ood[good] = ood_score(getattr(model, "ood", None), ain[good])
+        afeats = dos_features(am, ast, grid, windows)
+        aq = quality_flags(mask, afeats["sigma_rel"], ood, sigma_max, ood_max)
+        edge = getattr(res, "edge_counts", None)
+        edge = getattr(res, "total_counts", None) if edge is None else edge
+        table = atom_table(positions, nav, acc.n_pixels, counts.sum(-1), edge, res.peak_energy,
+                           mask, res.reason, afeats, ood, aq, _to_nm)
+    if progress is not None:
+        progress(1.0, "done")
+    info = {"model": str(getattr(model, "directory", "") or ""),
+            "model_commit": cfg.get("commit"), "device": str(device), "amp": str(amp),
+            "windows": windows, "sigma_max": sigma_max, "ood_max": ood_max,
+            "quality_bits": QUALITY_BITS,
+            "preprocess": config.to_dict() if hasattr(config, "to_dict") else str(config),
+            "source": str(getattr(si, "path", "") or "")}
+    return EngineResult(*cubes, maps=maps, image=image, atoms_table=table, atoms_mean=am,
+                        atoms_std=ast, atoms_input=ain, info=info)
+
