@@ -293,21 +293,25 @@ def subtract_powerlaw(energy, counts, fit, out=None, step=None):
     counts = np.asarray(counts)
     A = np.nan_to_num(np.asarray(fit.A, dtype=np.float64))
     r = np.nan_to_num(np.asarray(fit.r, dtype=np.float64))
-    B = (A * step * np.exp(-r * lref)).astype(np.float32)[..., None]
+    # log of the reference level; a failed fit (A = 0) gives -inf, i.e. a zero background
+    with np.errstate(divide="ignore"):
+        lB = np.where(A > 0, np.log(np.where(A > 0, A, 1.0) * step) - r * lref, -np.inf)
+    lB32 = lB.astype(np.float32)[..., None]
     r32 = r.astype(np.float32)[..., None]
     d32 = d.astype(np.float32)
     if out is None:
         out = np.empty(counts.shape, dtype=np.float32)
     if _ne is not None:
+        # one threaded pass, no full-size temporaries: out = counts - exp(lB - r * d)
         c = counts if counts.dtype == np.float32 else counts.astype(np.float32)
-        _ne.evaluate("c - B * exp(-r32 * d32)", local_dict={"c": c, "B": B, "r32": r32,
-                                                           "d32": d32}, out=out,
+        _ne.evaluate("c - exp(lB32 - r32 * d32)", local_dict={"c": c, "lB32": lB32, "r32": r32,
+                                                              "d32": d32}, out=out,
                      casting="same_kind")
     else:  # pragma: no cover - numpy fallback, a few temporaries more
-        np.multiply(-r32, d32, out=out)
-        np.exp(out, out=out)
-        out *= B
-        np.subtract(counts, out, out=out, casting="same_kind")
+        tmp = np.multiply(-r32, d32, dtype=np.float32)
+        tmp += lB32
+        np.exp(tmp, out=tmp)
+        np.subtract(counts, tmp, out=out, casting="same_kind")
     return out
 
 

@@ -17,7 +17,12 @@ __all__ = ["find_first_peak", "PEAK_DEFAULTS"]
 PEAK_DEFAULTS = {
     "min_fraction": 0.3,  # a peak must reach this fraction of the spectrum's maximum
     "half_width_ev": 0.4,  # ... and be the maximum within +- this distance
-    "smooth_ev": 0.3,  # boxcar smoothing before detection (noise)
+    # boxcar smoothing before detection (noise). 0.7 eV, measured on synthetic C K edges with
+    # a power-law background (5x the edge), Poisson noise, 400 pixels per level: pixels aligned
+    # more than 0.3 eV off fell from 40 % to 7 % at N = 3000 edge counts (75 % -> 36 % at
+    # N = 1000), and the median error from 0.10 to 0.06 eV at N = 10^4; noise-free positions
+    # are unchanged (< 0.001 eV).
+    "smooth_ev": 0.7,
 }
 
 
@@ -62,6 +67,8 @@ def find_first_peak(energy, spectra, min_fraction=PEAK_DEFAULTS["min_fraction"],
         keep = (energy >= window[0]) & (energy <= window[1])
         y = np.where(keep[None, :], y, 0.0)
     n_smooth = max(1, int(round(smooth_ev / step)))
+    # an even boxcar is centred half a channel off and would shift every peak by step / 2
+    n_smooth += 1 - n_smooth % 2
     if n_smooth > 1:
         y = uniform_filter1d(y, n_smooth, axis=-1, mode="nearest")
     size = 2 * max(1, int(round(half_width_ev / step))) + 1

@@ -1,0 +1,550 @@
+"""The preprocessing pipeline: raw counts of every pixel -> model-ready spectra (SPEC section 2).
+
+Steps, each a plain function of its own module, composed here over blocks of pixels:
+
+1. checks on the raw counts (:mod:`.masks`): NaN/Inf, totals <= 0;
+2. power-law background, fitted in the pre-edge window and subtracted (:mod:`.background`), only
+   on the channels the later steps read (the edge region), which keeps the pipeline fast;
+3. optional PCA denoising over all usable pixels (:mod:`.denoise`);
+4. resolution matching to the model's Gaussian width (:mod:`.resolution`), optional
+   Savitzky-Golay smoothing (:mod:`.smoothing`);
+5. first-peak detection with the project's one detector and alignment onto the model grid, or an
+   absolute grid (:mod:`.align`); area normalisation;
+6. edge counts ``N`` and the mask with a reason code per pixel (:mod:`.masks`).
+
+Training with noise runs this same :func:`preprocess` on simulated counts, so it is deterministic
+(no random state) and vectorised. Memory is bounded by ``chunk_pixels`` (PCA, when on, keeps the
+background-subtracted edge region of all pixels, a fraction of the spectrum image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_corefit.spectra.align import PEAK_SEARCH_EV, align_to_first_peak, first_peak, \
+    resample_absolute
+from napari_corefit.spectra.background import C_K_ONSET_EV, PowerLawFit, \
+    default_background_window, fit_powerlaw, subtract_powerlaw
+from napari_corefit.spectra.denoise import pca_denoise
+from napari_corefit.spectra.grids import ABSOLUTE_GRID, BROADENING_EV, SPECTRUM_GRID, \
+    EnergyGrid, area_normalise
+from napari_corefit.spectra.masks import Reason, first_reason, raw_reasons, reason_summary
+from napari_corefit.spectra.peaks import PEAK_DEFAULTS
+from napari_corefit.spectra.resolution import gaussian_broaden, matching_sigma
+from napari_corefit.spectra.smoothing import savgol_points, savgol_smooth
+
+__all__ = ["PreprocessConfig", "PreprocessResult", "Cancelled", "preprocess",
+           "preprocess_signal", "ALIGNMENTS"]
+
+ALIGNMENTS = ("first_peak", "absolute")
+
+
+class Cancelled(Exception):
+    """Raised when ``cancel()`` returned true; nothing partial is returned."""
+
+
+def _pair(v, name):
+    if v is None:
+        return None
+    v = tuple(float(x) for x in v)
+    if len(v) != 2 or not (np.isfinite(v).all() and v[1] > v[0]):
+        raise ValueError(f"{name} must be an increasing (start, end) pair in eV, got {v}")
+    return v
+
+
+@dataclass
+class PreprocessConfig:
+    """Everything that decides how counts become model inputs; stored in model checkpoints.
+
+    Attributes
+    ----------
+    background : bool
+        Fit and subtract the power-law background (False: the data are background-free, e.g.
+        after a Fourier-ratio deconvolution or noise-free simulations).
+    background_window : (float, float) or None
+        Pre-edge fit window, eV; None: SPEC's default rule
+        (:func:`~napari_corefit.spectra.background.default_background_window`).
+    edge_onset_ev : float
+        Edge onset for the default window (carbon K: 284 eV).
+    alignment : {"first_peak", "absolute"}
+        Grid relative to each spectrum's first peak, or one absolute grid (calibrated data).
+    input_grid : EnergyGrid or None
+        The model's input grid; None: ``SPECTRUM_GRID`` (first_peak) or ``ABSOLUTE_GRID``.
+    peak_search_ev : (float, float)
+        Where the first peak is looked for, eV.
+    peak_params : dict
+        Parameters of :func:`~napari_corefit.spectra.peaks.find_first_peak`.
+    target_sigma_ev : float
+        The model's Gaussian broadening (standard deviation), eV.
+    instrument_fwhm_ev : float or None
+        Instrument resolution (FWHM, eV); spectra are broadened by
+        ``sqrt(target_sigma**2 - sigma_instr**2)``. None: no resolution matching (the data are
+        already at the model's width, as simulated training spectra are).
+    savgol_window_ev : float or None
+        Savitzky-Golay window, eV (odd number of points >= 5); None: off.
+    savgol_polyorder : int
+    pca_components : int or None
+        Keep this many principal components over the usable pixels; None: off.
+    min_edge_counts : float
+        Pixels whose edge counts ``N`` are below this are masked (LOW_COUNTS).
+    min_edge_snr : float or None
+        Pixels whose ``N`` is below this many Poisson standard deviations of the counts in the
+        edge window (edge + background) are masked (NO_EDGE, no carbon); None: off.
+    """
+
+    background: bool = True
+    background_window: tuple | None = None
+    edge_onset_ev: float = C_K_ONSET_EV
+    alignment: str = "first_peak"
+    input_grid: EnergyGrid | None = None
+    peak_search_ev: tuple = PEAK_SEARCH_EV
+    peak_params: dict = field(default_factory=lambda: dict(PEAK_DEFAULTS))
+    target_sigma_ev: float = BROADENING_EV
+    instrument_fwhm_ev: float | None = None
+    savgol_window_ev: float | None = None
+    savgol_polyorder: int = 2
+    pca_components: int | None = None
+    min_edge_counts: float = 100.0
+    min_edge_snr: float | None = 3.0
+
+    def __post_init__(self):
+        self.background = bool(self.background)
+        self.background_window = _pair(self.background_window, "background_window")
+        self.peak_search_ev = _pair(self.peak_search_ev, "peak_search_ev")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
+        if isinstance(self.input_grid, dict):
+            self.input_grid = EnergyGrid.from_dict(self.input_grid)
+        unknown = set(self.peak_params) - set(PEAK_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown peak_params {sorted(unknown)}; known: "
+                             f"{sorted(PEAK_DEFAULTS)}")
+        self.peak_params = {**PEAK_DEFAULTS, **{k: float(v) for k, v in self.peak_params.items()}}
+        if not self.target_sigma_ev > 0:
+            raise ValueError(f"target_sigma_ev must be > 0, got {self.target_sigma_ev}")
+        if self.instrument_fwhm_ev is not None and not self.instrument_fwhm_ev >= 0:
+            raise ValueError(f"instrument_fwhm_ev must be >= 0 eV, got {self.instrument_fwhm_ev}")
+        if self.savgol_window_ev is not None and not self.savgol_window_ev > 0:
+            raise ValueError(f"savgol_window_ev must be > 0 eV or None, got "
+                             f"{self.savgol_window_ev}")
+        if self.pca_components is not None:
+            if int(self.pca_components) != self.pca_components or self.pca_components < 1:
+                raise ValueError(f"pca_components must be a positive integer or None, got "
+                                 f"{self.pca_components}")
+            self.pca_components = int(self.pca_components)
+        if not np.isfinite(self.min_edge_counts):
+            raise ValueError(f"min_edge_counts must be finite, got {self.min_edge_counts}")
+
+    @property
+    def grid(self) -> EnergyGrid:
+        """The output grid: ``input_grid`` or the alignment's default."""
+        if self.input_grid is not None:
+            return self.input_grid
+        return SPECTRUM_GRID if self.alignment == "first_peak" else ABSOLUTE_GRID
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (lists for pairs, a dict for the grid).
+
+        Examples
+        --------
+        >>> d = PreprocessConfig(savgol_window_ev=0.7).to_dict()
+        >>> PreprocessConfig.from_dict(d) == PreprocessConfig(savgol_window_ev=0.7)
+        True
+        """
+        d = dataclasses.asdict(self)
+        for k in ("background_window", "peak_search_ev"):
+            d[k] = None if d[k] is None else list(d[k])
+        d["input_grid"] = None if self.input_grid is None else self.input_grid.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d) -> "PreprocessConfig":
+        """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are errors."""
+        if d is None:
+            return cls()
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PreprocessConfig keys {sorted(unknown)} (known: "
+                             f"{sorted(known)}); was it written by a newer napari-corefit?")
+        return cls(**d)
+
+
+@dataclass
+class PreprocessResult:
+    """What :func:`preprocess` returns; arrays have the input's leading shape ``(...)``.
+
+    Attributes
+    ----------
+    spectra : ndarray, float32, (..., grid.n)
+        Area-normalised on ``grid`` (``sum * step == 1``); zeros where masked.
+    peak_energy : ndarray, float64, (...)
+        First-peak energy, eV; NaN where none was found (or the pixel failed before).
+    mask : ndarray of bool, (...)
+        True where usable.
+    reason : ndarray, uint8, (...)
+        :class:`~napari_corefit.spectra.masks.Reason` codes (0 where usable).
+    edge_counts : ndarray, float64, (...)
+        ``N``: background-subtracted counts summed over the grid's window (first peak - 1 eV to
+        + 15 eV by default), the measure of noise that selects a noise-matched model.
+    background : PowerLawFit
+        ``A``, ``r`` per pixel (NaN where no fit was made or it failed).
+    grid : EnergyGrid
+    background_window : (float, float) or None
+        The window actually used.
+    extra_sigma_ev : float
+        Gaussian broadening applied for resolution matching.
+    config : PreprocessConfig
+    """
+
+    spectra: np.ndarray
+    peak_energy: np.ndarray
+    mask: np.ndarray
+    reason: np.ndarray
+    edge_counts: np.ndarray
+    background: PowerLawFit
+    grid: EnergyGrid
+    background_window: tuple | None
+    extra_sigma_ev: float
+    config: PreprocessConfig
+
+    @property
+    def total_counts(self):
+        """Alias of :attr:`edge_counts` (the name in docs/CONTRACTS.md)."""
+        return self.edge_counts
+
+    def summary(self) -> dict:
+        """Pixel count per reason name, e.g. ``{'OK': 4000, 'LOW_COUNTS': 96}``."""
+        return reason_summary(self.reason)
+
+
+@dataclass
+class _Plan:
+    energy: np.ndarray
+    step: float
+    window: tuple | None
+    c0: int
+    c1: int
+    grid: EnergyGrid
+    extra_sigma: float
+    config: PreprocessConfig
+
+    @property
+    def e_crop(self):
+        return self.energy[self.c0:self.c1]
+
+
+def _energy_axis(energy):
+    energy = np.asarray(energy, dtype=np.float64)
+    if energy.ndim != 1 or energy.size < 3:
+        raise ValueError(f"energy must be a 1-D axis of at least 3 channels, got shape "
+                         f"{energy.shape}")
+    if not np.isfinite(energy).all():
+        raise ValueError("energy axis holds NaN or Inf")
+    step = (energy[-1] - energy[0]) / (energy.size - 1)
+    if not step > 0:
+        raise ValueError("energy must increase along the axis")
+    if np.abs(np.diff(energy) - step).max() > 1e-3 * step:
+        raise ValueError("energy axis is not uniform; resample it onto a uniform axis first")
+    return energy, float(step)
+
+
+def _plan(energy, config: PreprocessConfig) -> _Plan:
+    energy, step = _energy_axis(energy)
+    grid = config.grid
+    window = None
+    if config.background:
+        window = config.background_window or default_background_window(
+            energy, edge_onset=config.edge_onset_ev)
+    extra = 0.0
+    if config.instrument_fwhm_ev is not None:
+        extra = matching_sigma(config.instrument_fwhm_ev, config.target_sigma_ev)
+    sg = savgol_points(config.savgol_window_ev, step) // 2 * step \
+        if config.savgol_window_ev else 0.0
+    p = config.peak_params
+    margin = 4.0 * extra + sg + p["half_width_ev"] + p["smooth_ev"] + 3 * step
+    lo_e, hi_e = float(energy[0]), float(energy[-1])
+    if config.alignment == "first_peak":
+        s0, s1 = config.peak_search_ev
+        need = (s0 + grid.start, s0 + grid.stop - grid.step)
+        lo, hi = s0 + grid.start - margin, s1 + grid.stop + margin
+        what = (f"the model grid ({grid.start:g} to {grid.stop:g} eV around a first peak "
+                f"searched in {s0:g}-{s1:g} eV)")
+    else:
+        need = (grid.start, grid.stop - grid.step)
+        lo, hi = grid.start - margin, grid.stop + margin
+        what = f"the absolute grid ({grid.start:g}-{grid.stop:g} eV)"
+    if lo_e > need[0] + 0.5 * step or hi_e < need[1] - 0.5 * step:
+        raise ValueError(f"the energy axis ({lo_e:.1f}-{hi_e:.1f} eV) does not cover {what}: "
+                         f"at least {need[0]:.1f}-{need[1]:.1f} eV is needed")
+    c0 = max(0, int(np.floor((lo - lo_e) / step)))
+    c1 = min(energy.size, int(np.ceil((hi - lo_e) / step)) + 1)
+    return _Plan(energy, step, window, c0, c1, grid, extra, config)
+
+
+def _stage1(plan: _Plan, raw):
+    """Raw checks, background fit and subtraction on the crop; rows (m, n) -> (m, w)."""
+    code, _ = raw_reasons(raw)
+    bad = code != 0
+    if bad.any():  # zero failed rows so that nothing downstream sees NaN/Inf
+        raw = np.where(bad[:, None], 0, raw)
+    m = raw.shape[0]
+    if plan.config.background:
+        fit = fit_powerlaw(plan.energy, raw, plan.window)
+        sub = subtract_powerlaw(plan.e_crop, raw[:, plan.c0:plan.c1], fit, step=plan.step)
+        bg_failed = ~fit.ok & ~bad
+    else:
+        nan = np.full(m, np.nan)
+        fit = PowerLawFit(nan, nan.copy())
+        sub = np.array(raw[:, plan.c0:plan.c1], dtype=np.float32)
+        bg_failed = np.zeros(m, bool)
+    dead = bad | bg_failed
+    if dead.any():
+        sub[dead] = 0.0
+    code = first_reason((Reason.NONFINITE, code == Reason.NONFINITE),
+                        (Reason.NEGATIVE_TOTAL, code == Reason.NEGATIVE_TOTAL),
+                        (Reason.BACKGROUND_FAILED, bg_failed))
+    return sub, fit, code
+
+
+def _window_sums(e_crop, step, y, a, b):
+    """Sum of channels with a <= E < b per row (a, b per row), from a cumulative sum."""
+    cs = np.zeros((y.shape[0], y.shape[1] + 1))
+    np.cumsum(y, axis=-1, dtype=np.float64, out=cs[:, 1:])
+    ia = np.clip(np.ceil((a - e_crop[0]) / step - 1e-6), 0, y.shape[1]).astype(np.int64)
+    ib = np.clip(np.ceil((b - e_crop[0]) / step - 1e-6), 0, y.shape[1]).astype(np.int64)
+    rows = np.arange(y.shape[0])
+    return cs[rows, ib] - cs[rows, ia]
+
+
+def _powerlaw_integral(fit, a, b):
+    """Counts of the fitted background between a and b (0 where there is no fit)."""
+    A = np.nan_to_num(np.asarray(fit.A, dtype=np.float64))
+    r = np.nan_to_num(np.asarray(fit.r, dtype=np.float64), nan=2.0)
+    k = 1.0 - r
+    k = np.where(np.abs(k) < 1e-9, 1e-9, k)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = A / k * (b ** k - a ** k)
+    return np.where(np.isfinite(out) & (out > 0), out, 0.0)
+
+
+def _stage2(plan: _Plan, sub, fit, code):
+    """Broadening, smoothing, first peak, alignment, edge counts, mask; (m, w) -> results."""
+    cfg, grid, e = plan.config, plan.grid, plan.e_crop
+    y = gaussian_broaden(sub, plan.extra_sigma, plan.step)
+    if cfg.savgol_window_ev:
+        y = savgol_smooth(y, plan.step, cfg.savgol_window_ev, cfg.savgol_polyorder)
+    alive = code == 0
+    peaks = first_peak(e, y, cfg.peak_search_ev, cfg.peak_params)
+    peaks = np.where(alive, peaks, np.nan)
+    if cfg.alignment == "first_peak":
+        found = np.isfinite(peaks)
+        ref = np.where(found, peaks, cfg.peak_search_ev[0])
+        a, b = ref + grid.start, ref + grid.stop
+        aligned = align_to_first_peak(e, y, peaks, grid, normalise=False)
+        lo_e, hi_e = plan.energy[0], plan.energy[-1]
+        oor = found & ((a < lo_e - 0.5 * plan.step) |
+                       (b - grid.step > hi_e + 0.5 * plan.step))
+        no_peak = alive & ~found
+    else:
+        a = np.full(sub.shape[0], grid.start)
+        b = np.full(sub.shape[0], grid.stop)
+        aligned = resample_absolute(e, y, grid, normalise=False)
+        oor = no_peak = np.zeros(sub.shape[0], bool)
+    n_edge = _window_sums(e, plan.step, sub, a, b)
+    bkg = _powerlaw_integral(fit, a, b)
+    area = aligned.sum(-1, dtype=np.float64)
+    no_edge = area <= 0
+    if cfg.min_edge_snr is not None:
+        noise = np.sqrt(np.maximum(n_edge + bkg, 1.0))
+        no_edge |= n_edge < cfg.min_edge_snr * noise
+    code = first_reason((Reason.NONFINITE, code == Reason.NONFINITE),
+                        (Reason.NEGATIVE_TOTAL, code == Reason.NEGATIVE_TOTAL),
+                        (Reason.BACKGROUND_FAILED, code == Reason.BACKGROUND_FAILED),
+                        (Reason.NO_PEAK, no_peak),
+                        (Reason.OUT_OF_RANGE, oor),
+                        (Reason.NO_EDGE, no_edge),
+                        (Reason.LOW_COUNTS, n_edge < cfg.min_edge_counts))
+    mask = code == 0
+    spectra = area_normalise(aligned, grid.step)
+    spectra[~mask] = 0.0
+    return spectra.astype(np.float32, copy=False), peaks, mask, code, n_edge
+
+
+def _check(cancel, progress, done, total, msg):
+    if cancel is not None and cancel():
+        raise Cancelled(f"preprocessing cancelled after {done} of {total} pixels")
+    if progress is not None:
+        progress(done / max(total, 1), f"{msg} {done}/{total}")
+
+
+def _run(plan, blocks, n_pix, lead, progress, cancel):
+    """Run both stages over ``blocks`` (a list of (i0, i1, read) with read() -> (m, n) rows)."""
+    cfg, grid = plan.config, plan.grid
+    spectra = np.zeros((n_pix, grid.n), np.float32)
+    peaks = np.full(n_pix, np.nan)
+    mask = np.zeros(n_pix, bool)
+    reason = np.zeros(n_pix, np.uint8)
+    edge = np.zeros(n_pix)
+    A, r = np.full(n_pix, np.nan), np.full(n_pix, np.nan)
+
+    def finish(i0, i1, sub, fit, code):
+        out = _stage2(plan, sub, fit, code)
+        spectra[i0:i1], peaks[i0:i1], mask[i0:i1], reason[i0:i1], edge[i0:i1] = out
+        A[i0:i1], r[i0:i1] = fit.A, fit.r
+
+    if cfg.pca_components is None:
+        for i0, i1, read in blocks:
+            _check(cancel, progress, i0, n_pix, "preprocessing")
+            finish(i0, i1, *_stage1(plan, read()))
+    else:
+        # PCA mixes pixels: keep every pixel's edge region, find the components, then go on
+        subs = np.zeros((n_pix, plan.c1 - plan.c0), np.float32)
+        code = np.zeros(n_pix, np.uint8)
+        for i0, i1, read in blocks:
+            _check(cancel, progress, i0 // 2, n_pix, "background")
+            subs[i0:i1], fit, code[i0:i1] = _stage1(plan, read())
+            A[i0:i1], r[i0:i1] = fit.A, fit.r
+        ok = code == 0
+        if ok.sum() > cfg.pca_components:
+            subs = pca_denoise(subs, cfg.pca_components, mask=ok)
+        else:
+            warnings.warn(f"PCA skipped: {int(ok.sum())} usable pixels for "
+                          f"{cfg.pca_components} components", stacklevel=3)
+        for i0, i1, _ in blocks:
+            _check(cancel, progress, (n_pix + i0) // 2, n_pix, "preprocessing")
+            finish(i0, i1, subs[i0:i1], PowerLawFit(A[i0:i1], r[i0:i1]), code[i0:i1])
+    _check(None, progress, n_pix, n_pix, "preprocessing")
+    return PreprocessResult(
+        spectra=spectra.reshape(lead + (grid.n,)), peak_energy=peaks.reshape(lead),
+        mask=mask.reshape(lead), reason=reason.reshape(lead), edge_counts=edge.reshape(lead),
+        background=PowerLawFit(A.reshape(lead), r.reshape(lead)), grid=grid,
+        background_window=plan.window, extra_sigma_ev=plan.extra_sigma, config=cfg)
+
+
+def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, cancel=None):
+    """Turn raw counts of any number of pixels into model-ready spectra.
+
+    Parameters
+    ----------
+    energy : array_like, shape (n,)
+        Uniform energy-loss axis, eV.
+    counts : array_like, shape (..., n)
+        Counts per channel (any real dtype), any leading shape.
+    config : PreprocessConfig, optional
+    chunk_pixels : int
+        Pixels processed at once (bounds memory).
+    progress : callable(fraction, message), optional
+    cancel : callable() -> bool, optional
+        Checked between chunks; true raises :class:`Cancelled`.
+
+    Returns
+    -------
+    PreprocessResult
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, an axis that is not uniform or does not cover the edge or the
+        background window (the message names the ranges).
+
+    Examples
+    --------
+    >>> from napari_corefit.spectra.synthetic import synthetic_si
+    >>> e, y, truth = synthetic_si((4, 5), edge_counts=3000, peak=285.4)
+    >>> res = preprocess(e, y)
+    >>> res.spectra.shape, res.spectra.dtype, bool(res.mask.all())
+    ((4, 5, 160), dtype('float32'), True)
+    >>> float(np.round(np.median(res.peak_energy), 1))
+    285.4
+    >>> bool(np.allclose(res.spectra.sum(-1) * 0.1, 1.0, atol=1e-4))
+    True
+    """
+    config = PreprocessConfig() if config is None else config
+    if isinstance(config, dict):
+        config = PreprocessConfig.from_dict(config)
+    counts = np.asarray(counts)
+    if counts.ndim == 0:
+        raise ValueError("counts must have a channel axis, got a scalar")
+    if not (np.issubdtype(counts.dtype, np.number) and not np.iscomplexobj(counts)):
+        raise ValueError(f"counts must be real numbers, got dtype {counts.dtype}")
+    plan = _plan(energy, config)
+    if counts.shape[-1] != plan.energy.size:
+        raise ValueError(f"counts have {counts.shape[-1]} channels but the energy axis has "
+                         f"{plan.energy.size}")
+    lead = counts.shape[:-1]
+    flat = counts.reshape(-1, counts.shape[-1])
+    n_pix = flat.shape[0]
+    chunk = max(1, int(chunk_pixels))
+    blocks = [(i0, min(i0 + chunk, n_pix), (lambda i0=i0: flat[i0:i0 + chunk]))
+              for i0 in range(0, n_pix, chunk)]
+    return _run(plan, blocks, n_pix, lead, progress, cancel)
+
+
+def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, cancel=None):
+    """:func:`preprocess` for a HyperSpy signal, read block by block (lazy signals too).
+
+    Rows of the first navigation axis are read (computed, for a dask-backed signal) a block of
+    about ``chunk_pixels`` pixels at a time, so the whole image is never in memory at once.
+
+    Parameters
+    ----------
+    signal : hyperspy Signal1D (or its lazy variant)
+        Signal axis energy loss in eV (uniform).
+    config, chunk_pixels, progress, cancel
+        As in :func:`preprocess`.
+
+    Returns
+    -------
+    PreprocessResult
+        Arrays with the signal's navigation shape (in array order, e.g. (y, x)).
+
+    Examples
+    --------
+    >>> import hyperspy.api as hs
+    >>> from napari_corefit.spectra.synthetic import synthetic_si
+    >>> e, y, _ = synthetic_si((3, 4), edge_counts=3000)
+    >>> s = hs.signals.Signal1D(y).as_lazy()
+    >>> ax = s.axes_manager.signal_axes[0]
+    >>> ax.offset, ax.scale, ax.units = e[0], 0.1, "eV"
+    >>> preprocess_signal(s, chunk_pixels=4).spectra.shape
+    (3, 4, 160)
+    """
+    config = PreprocessConfig() if config is None else config
+    if isinstance(config, dict):
+        config = PreprocessConfig.from_dict(config)
+    if signal.axes_manager.signal_dimension != 1:
+        raise ValueError(f"need a 1-D signal (spectra), got signal dimension "
+                         f"{signal.axes_manager.signal_dimension}")
+    ax = signal.axes_manager.signal_axes[0]
+    units = str(getattr(ax, "units", "") or "")
+    if units not in ("eV", "ev", "electron volt"):
+        warnings.warn(f"signal axis units are {units!r}, not 'eV'; the energies are used as eV",
+                      stacklevel=2)
+    energy = np.asarray(ax.axis, dtype=np.float64)
+    plan = _plan(energy, config)
+    data = signal.data
+    if data.ndim == 1:
+        data = data[None]
+    lead = tuple(data.shape[:-1])
+    n_pix = int(np.prod(lead, dtype=np.int64))
+    per_row = int(np.prod(lead[1:], dtype=np.int64)) if len(lead) > 1 else 1
+    rows = max(1, int(chunk_pixels) // max(per_row, 1))
+
+    def reader(r0, r1):
+        def read():
+            block = data[r0:r1]
+            if hasattr(block, "compute"):
+                block = block.compute()
+            return np.asarray(block).reshape(-1, energy.size)
+        return read
+
+    blocks = [(r0 * per_row, min(r0 + rows, lead[0]) * per_row,
+               reader(r0, min(r0 + rows, lead[0]))) for r0 in range(0, lead[0], rows)]
+    # with PCA on, _run keeps each block's edge region after the first read: no second read
+    return _run(plan, blocks, n_pix, lead, progress, cancel)
