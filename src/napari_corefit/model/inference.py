@@ -19,9 +19,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+# one cancellation exception for the whole engine: preprocessing raises the same one
+from napari_corefit.spectra.pipeline import Cancelled
 
 __all__ = [
     "Cancelled",
@@ -37,8 +41,6 @@ __all__ = [
 DEFAULT_BATCH = {"cpu": 8192, "cuda": 131072}
 
 
-class Cancelled(Exception):
-    """Raised when ``cancel()`` returned true; the run left no partial output."""
 
 
 def resolve_device(device="auto") -> torch.device:
@@ -259,7 +261,7 @@ class SignalPrediction:
     mean, std : ndarray, shape shape + (2, n_out), float32
         Ensemble mean and std of the occupied (index 0) and unoccupied (1) DOS; NaN where the
         preprocessing masked the pixel.
-    peak_energy : ndarray, shape, float32
+    peak_energy : ndarray, shape, float64
         First-peak energy (eV, energy-loss axis) that aligned the spectrum.
     mask : ndarray, shape, bool
         Usable pixels (preprocessing mask).
@@ -373,6 +375,11 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
 
     preprocess = preprocess or _default_preprocess()
     config = _preprocess_config(model, config)
+    if getattr(config, "pca_components", None):
+        # PCA denoising mixes all pixels: preprocess the whole image first (its edge regions
+        # only), then predict block by block from the preprocessed spectra (the raw blocks are
+        # still read, for block_hook)
+        preprocess = _WholeImage(signal, config, progress, cancel)
     energy = np.asarray(signal.axes_manager.signal_axes[0].axis, dtype=np.float64)
     data = signal.data
     if data.ndim == 1:
@@ -389,7 +396,7 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
         outs = {}
         for name, tail, dtype, fill in [("mean", (2, n_out), np.float32, np.nan),
                                         ("std", (2, n_out), np.float32, np.nan),
-                                        ("peak_energy", (), np.float32, np.nan),
+                                        ("peak_energy", (), np.float64, np.nan),
                                         ("mask", (), bool, False),
                                         ("reason", (), np.uint8, 0),
                                         ("edge_counts", (), np.float32, np.nan),
@@ -444,6 +451,26 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
     if signal.data.ndim == 1:
         outs = {k: v[0] for k, v in outs.items()}
     return SignalPrediction(**outs)
+
+
+class _WholeImage:
+    """A ``preprocess`` that answers each block from one whole-image preprocessing run."""
+
+    def __init__(self, signal, config, progress, cancel):
+        from napari_corefit.spectra.pipeline import preprocess_signal
+
+        half = None if progress is None else (lambda f, m: progress(0.5 * f, m))
+        self.res = preprocess_signal(signal, config, progress=half, cancel=cancel)
+        self.row = 0
+
+    def __call__(self, energy, counts, config):
+        r0, r1 = self.row, self.row + counts.shape[0]
+        self.row = r1
+        res = self.res
+        if res.mask.ndim == 0:
+            return res
+        return SimpleNamespace(**{name: getattr(res, name)[r0:r1] for name in
+                                  ("spectra", "peak_energy", "mask", "reason", "edge_counts")})
 
 
 def _input_width(model):
