@@ -48,6 +48,10 @@ class CurveSet:
         Noise-free absolute spectra on the noise axis (only when built for noise).
     reference : ndarray, shape (m,)
         First-transition energy (E_exc of the site; the lowest of the molecule's sites), eV.
+    peak : ndarray, shape (m,)
+        First peak of the noise-free absolute spectrum as the engine's detector finds it, eV
+        (NaN when built without a noise axis); the window of the noise level ``N`` starts 1 eV
+        below it, as the engine's ``edge_counts`` does.
     weight : ndarray, shape (m,)
         Site multiplicity (site level) or 1.
     """
@@ -60,6 +64,7 @@ class CurveSet:
     absolute: np.ndarray | None
     reference: np.ndarray
     weight: np.ndarray
+    peak: np.ndarray | None = None
 
     def __len__(self):
         return int(self.targets.shape[0])
@@ -71,7 +76,7 @@ class CurveSet:
         return replace(self, molecule=self.molecule[mask], row_id=self.row_id[mask],
                        targets=self.targets[mask], clean=self.clean[mask],
                        absolute=pick(self.absolute), reference=self.reference[mask],
-                       weight=self.weight[mask])
+                       weight=self.weight[mask], peak=pick(self.peak))
 
     def in_molecules(self, molecules) -> "CurveSet":
         """Rows whose molecule is in ``molecules`` (e.g. one part of a split)."""
@@ -134,8 +139,13 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
                             noise_axis)
     cs.targets = np.asarray(cs.targets, dtype=np.float32)
     cs.clean = np.asarray(cs.clean, dtype=np.float32)
+    cs.peak = np.full(len(cs), np.nan)
     if cs.absolute is not None:
+        from napari_corefit.spectra.align import first_peak
+
         cs.absolute = np.asarray(cs.absolute, dtype=np.float32)
+        pp = default_preprocess_config()
+        cs.peak = first_peak(noise_axis.values, cs.absolute, pp.peak_search_ev, pp.peak_params)
     # a row whose curves are all zero (no sticks in a window) teaches nothing and breaks metrics
     good = (cs.clean.sum(-1) > 0) & (cs.targets.sum(-1) > 0).all(-1)
     return cs.subset(good)
@@ -203,9 +213,15 @@ def make_inputs(cs: CurveSet, noise: NoiseModel | None = None, preprocess_config
 
     if preprocess_config is None:
         preprocess_config = default_preprocess_config()
+    # the engine's usability thresholds (low counts, no significant edge) decide whether a
+    # measured pixel is worth predicting; a simulated spectrum is known to hold its edge, and
+    # dropping the rows that fluctuate low would bias training and tests at small N
+    config = replace(preprocess_config, min_edge_counts=0.0, min_edge_snr=None)
     rng = np.random.default_rng() if rng is None else rng
-    counts = simulate_counts(cs.absolute, cs.reference, noise, rng)
-    res = preprocess(noise.axis.values, counts, preprocess_config)
+    peak = np.where(np.isfinite(cs.peak), cs.peak, cs.reference)
+    counts = simulate_counts(cs.absolute, peak, noise, rng,
+                             window=(input_grid.start, input_grid.stop))
+    res = preprocess(noise.axis.values, counts, config)
     x = np.asarray(res.spectra, dtype=np.float32)
     if x.shape[-1] != input_grid.n:
         raise ValueError(f"preprocess gives {x.shape[-1]} points, the model input grid has "

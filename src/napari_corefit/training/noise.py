@@ -30,11 +30,11 @@ class NoiseModel:
     Attributes
     ----------
     counts : float or None
-        ``N``, the edge's total count (background excluded) over the whole axis; None is
-        noise-free.
+        ``N``, the edge's counts (background excluded) in the model's input window (first
+        peak - 1 eV to + 15 eV), as the engine measures ``edge_counts`` of a measured spectrum
+        so that a noise-matched model can be chosen; None is noise-free.
     signal_to_background : float
-        Edge counts over background counts, both summed over the model's input window
-        (first transition - 1 eV to + 15 eV).
+        Edge counts over background counts, both summed over that same window.
     background_exponent : float
         ``r`` of the ``E**-r`` background (about 3 below the carbon K edge).
     axis : EnergyGrid
@@ -87,21 +87,22 @@ def parse_counts(text) -> float | None:
     return value
 
 
-def simulate_counts(edge, reference_energy, model: NoiseModel, rng, window=(-1.0, 15.0)):
+def simulate_counts(edge, peak_energy, model: NoiseModel, rng, window=(-1.0, 15.0)):
     """Poisson counts of edge + power-law background on ``model.axis``.
 
     Parameters
     ----------
     edge : array_like, shape (m, n_axis)
-        Noise-free edge spectra on ``model.axis`` (any positive scale; each row is rescaled to
-        ``model.counts`` in total).
-    reference_energy : array_like, shape (m,)
-        Each row's first-transition energy, eV (where the input window starts + 1 eV).
+        Noise-free edge spectra on ``model.axis`` (any positive scale; each row is rescaled so
+        that its counts inside ``window`` are ``model.counts``).
+    peak_energy : array_like, shape (m,)
+        Each row's first peak, eV (found on the noise-free spectrum by the engine's detector).
     model : NoiseModel
         Must have ``counts`` set.
     rng : numpy.random.Generator
     window : (float, float)
-        Where the signal-to-background ratio is measured, eV relative to ``reference_energy``.
+        The window of ``N`` and of the signal-to-background ratio, eV relative to
+        ``peak_energy`` (the model input grid's range).
 
     Returns
     -------
@@ -111,23 +112,22 @@ def simulate_counts(edge, reference_energy, model: NoiseModel, rng, window=(-1.0
     --------
     >>> e = NOISE_AXIS.values
     >>> edge = np.exp(-0.5 * ((e - 285.0) / 0.5) ** 2)[None]
-    >>> c = simulate_counts(edge, [285.0], NoiseModel(1e6, 1.0), np.random.default_rng(0))
+    >>> c = simulate_counts(edge, [285.0], NoiseModel(1e6, 0.5), np.random.default_rng(0))
     >>> inside = (e >= 284) & (e < 300)
-    >>> bkg = c[0, inside].sum() - 1e6
-    >>> bool(abs(bkg / 1e6 - 1.0) < 0.01)
+    >>> bool(abs(c[0, inside].sum() / 3e6 - 1.0) < 0.01)
     True
     """
     if not model.noisy:
         raise ValueError("simulate_counts needs a NoiseModel with counts set")
     e = model.axis.values
     edge = np.asarray(edge, dtype=np.float64)
-    ref = np.asarray(reference_energy, dtype=np.float64)
+    ref = np.asarray(peak_energy, dtype=np.float64)
     if edge.shape[-1] != e.size:
         raise ValueError(f"edge has {edge.shape[-1]} channels, the noise axis {e.size}")
-    total = edge.sum(-1, keepdims=True)
-    signal = np.where(total > 0, edge * (model.counts / np.where(total > 0, total, 1)), 0.0)
-    shape = e ** -model.background_exponent
     inside = (e[None, :] >= ref[:, None] + window[0]) & (e[None, :] < ref[:, None] + window[1])
+    edge_in = (edge * inside).sum(-1, keepdims=True)
+    signal = np.where(edge_in > 0, edge * (model.counts / np.where(edge_in > 0, edge_in, 1)), 0.0)
+    shape = e ** -model.background_exponent
     sig_in = (signal * inside).sum(-1)
     shape_in = (shape[None, :] * inside).sum(-1)
     scale = sig_in / model.signal_to_background / np.where(shape_in > 0, shape_in, 1)

@@ -1,0 +1,139 @@
+"""Training and evaluation on a tiny database computed by the real backend (``tiny_db``)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_corefit.cli import main as corefit
+from napari_corefit.model import load_model, save_model
+from napari_corefit.model.network import default_arch
+from napari_corefit.spectra.grids import DOS_GRID, SPECTRUM_GRID
+from napari_corefit.training.dataset import build_curves, make_inputs
+from napari_corefit.training.loop import TrainSettings, train_ensemble, train_member
+from napari_corefit.training.noise import NoiseModel
+from napari_corefit.training.splits import random_split
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_table):
+    return build_curves(tiny_table, level="site", noise_axis=NoiseModel().axis)
+
+
+def test_site_rows_are_normalised_curves_of_every_ok_site(tiny_table, rows):
+    assert len(rows) == int(tiny_table.sites["ok"].sum())
+    assert rows.clean.shape == (len(rows), SPECTRUM_GRID.n)
+    assert rows.targets.shape == (len(rows), 2, DOS_GRID.n)
+    np.testing.assert_allclose(rows.clean.sum(-1) * SPECTRUM_GRID.step, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(rows.targets.sum(-1) * DOS_GRID.step, 1.0, rtol=1e-5)
+    # the inputs start 1 eV below the first peak: the peak sits at index 10 (0 eV)
+    at_peak = rows.clean[:, 9:12].max(-1)
+    assert np.all(at_peak >= 0.28 * rows.clean.max(-1))
+    assert np.all(rows.clean[:, :5].max(-1) < at_peak)
+    # absolute spectra: nothing below each site's own E_exc (its first transition, maybe dark)
+    e = NoiseModel().axis.values
+    below = e[None, :] < rows.reference[:, None] - 2.0
+    assert np.all(np.where(below, rows.absolute, 0).max(-1) < 2e-3 * rows.absolute.max(-1))
+    assert np.all(np.where(~below, rows.absolute, 0).max(-1) == rows.absolute.max(-1))
+
+
+def test_molecule_rows_are_multiplicity_weighted(tiny_table):
+    mol = build_curves(tiny_table, level="molecule")
+    assert len(mol) == tiny_table.n_molecules  # every tiny molecule has all its sites
+    site = build_curves(tiny_table, level="site")
+    # a molecule with one carbon site is its site
+    counts = np.bincount(site.molecule, minlength=tiny_table.n_molecules)
+    one = np.flatnonzero(counts == 1)
+    assert one.size >= 5
+    for m in one:
+        i, j = np.flatnonzero(site.molecule == m)[0], np.flatnonzero(mol.molecule == m)[0]
+        np.testing.assert_allclose(mol.targets[j], site.targets[i], atol=1e-5)
+        np.testing.assert_allclose(mol.clean[j], site.clean[i], atol=2e-3)
+
+
+def test_split_never_shares_a_molecule_between_parts(tiny_table, rows):
+    s = random_split(tiny_table.molecules["key"], seed=1, fractions=(0.5, 0.25, 0.25))
+    parts = [rows.in_molecules(getattr(s, p)) for p in ("train", "val", "test")]
+    assert sum(map(len, parts)) == len(rows)
+    mols = [set(p.molecule) for p in parts]
+    assert not (mols[0] & mols[1] or mols[0] & mols[2] or mols[1] & mols[2])
+
+
+def test_training_lowers_the_loss_and_round_trips_exactly(rows, tmp_path):
+    arch = default_arch("paper_mlp")
+    settings = TrainSettings(epochs=40, lr=1e-3, batch_size=8, patience=40, device="cpu")
+    net, hist = train_member(arch, rows, rows, settings, seed=0, progress=False)
+    assert hist["train_loss"][-1] < 0.5 * hist["train_loss"][0]
+    assert hist["best_val_loss"] < 0.5 * hist["val_loss"][0]
+    ens, _ = train_ensemble(arch, rows, rows, TrainSettings(epochs=3, device="cpu"),
+                            n_members=2, progress=False)
+    save_model(tmp_path, ens, {"arch": arch, "input_grid": SPECTRUM_GRID,
+                               "output_grid": DOS_GRID})
+    x = torch.from_numpy(rows.clean)
+    assert torch.equal(load_model(tmp_path).ensemble(x), ens(x))
+
+
+def test_engine_preprocessing_of_noise_free_spectra_reproduces_the_training_inputs(rows):
+    # noise-free inputs come from backend.curves (fine grid); the engine aligns measured
+    # spectra with its own pipeline: both must give the same model input
+    from napari_corefit.spectra.pipeline import PreprocessConfig, preprocess
+
+    res = preprocess(NoiseModel().axis.values, rows.absolute,
+                     PreprocessConfig(background=False, min_edge_counts=0, min_edge_snr=None))
+    assert res.mask.all()
+    cos = (res.spectra * rows.clean).sum(-1) / np.linalg.norm(res.spectra, axis=-1) / \
+        np.linalg.norm(rows.clean, axis=-1)
+    assert cos.min() > 0.9999
+    np.testing.assert_allclose(res.peak_energy, rows.peak)
+
+
+def test_noisy_inputs_go_through_the_engine_and_converge_to_the_clean_ones(rows):
+    rng = np.random.default_rng(0)
+    cos = {}
+    for n in (1e2, 1e6):
+        x, ok = make_inputs(rows, NoiseModel(counts=n), rng=rng)
+        assert x.shape == rows.clean.shape and x.dtype == np.float32
+        c = (x * rows.clean).sum(-1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(
+            rows.clean, axis=-1)
+        cos[n] = np.median(c[ok])
+        assert ok.all()
+    # at a million counts the engine's preprocessing reproduces the noise-free alignment
+    assert cos[1e6] > 0.99
+    assert cos[1e2] < cos[1e6]
+    a, _ = make_inputs(rows, NoiseModel(counts=1e3), rng=np.random.default_rng(1))
+    b, _ = make_inputs(rows, NoiseModel(counts=1e3), rng=np.random.default_rng(2))
+    assert not np.array_equal(a, b)  # fresh noise per draw (per epoch in training)
+
+
+def test_corefit_train_and_evaluate(tiny_db, tiny_table, tmp_path, capsys):
+    out = tmp_path / "model"
+    rc = corefit(["train", "--db", str(tiny_db), "--out", str(out), "--members", "2",
+                  "--epochs", "5", "--patience", "5", "--lr", "1e-3", "--device", "cpu",
+                  "--quiet"])
+    assert rc == 0
+    m = load_model(out)
+    cfg = m.config
+    assert m.n_members == 2 and cfg["level"] == "site" and cfg["noise_counts"] is None
+    assert cfg["recipe"]["functional"] == tiny_table.recipe["functional"]
+    assert cfg["database"]["n_sites"] == tiny_table.n_sites
+    assert len(cfg["database"]["sha256"]) == 64 and cfg["database"]["shards"]
+    assert cfg["split"]["kind"] == "random" and cfg["preprocess"] is not None
+    assert m.ood["components"].shape[1] == 160
+    capsys.readouterr()
+    rc = corefit(["evaluate", "--model", str(out), "--db", str(tiny_db), "--split", "all",
+                  "--json"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    s = json.loads(lines[0])
+    for key in ("n_sites", "n_molecules", "mse_occupied", "mse_unoccupied",
+                "cosine_median_occupied", "cosine_median_unoccupied",
+                "peak_within_0p5ev_fraction"):
+        assert key in s
+    assert s["n_sites"] == int(tiny_table.sites["ok"].sum())
+    assert s["n_molecules"] == tiny_table.n_molecules
+    assert 0 <= s["peak_within_0p5ev_fraction"] <= 1 and s["mse_occupied"] > 0
+    # a model that does not exist is one clear error line, not a traceback
+    assert corefit(["evaluate", "--model", str(tmp_path / "none"), "--db", str(tiny_db)]) == 2
+    assert "config.json" in capsys.readouterr().err
