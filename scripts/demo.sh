@@ -21,7 +21,10 @@ ls -1 results/sample_result*.hspy results/sample_overview.png
 
 if [[ -n "${DISPLAY:-}" ]]; then
   echo "[demo] opening napari (close its window to finish)"
-  "$VENV/bin/napari" --plugin napari-corefit "$SAMPLE" results/sample_result.hspy
+  # the sample SI (ADF + spectra), the DOS cubes and, when written, the derived maps
+  files=("$SAMPLE" results/sample_result.hspy)
+  [[ -e results/sample_result_maps.hspy ]] && files+=(results/sample_result_maps.hspy)
+  "$VENV/bin/napari" --plugin napari-corefit "${files[@]}"
 else
   echo "[demo] no DISPLAY: skipping napari; view results/sample_overview.png"
 fi

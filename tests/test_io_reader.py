@@ -108,3 +108,43 @@ def test_io_and_reader_import_no_qt_and_no_napari():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_result_files_open_as_dos_cubes_and_maps(tmp_path):
+    from napari_corefit.io import write_results
+
+    rng = np.random.default_rng(4)
+    dos = hs.signals.Signal1D(rng.random((4, 3, 5, 300)).astype("float32"))
+    y, x = dos.axes_manager.navigation_axes[1], dos.axes_manager.navigation_axes[0]
+    for axis in (x, y):
+        axis.units, axis.scale = "nm", 0.1
+    energy = dos.axes_manager.signal_axes[0]
+    energy.name, energy.units, energy.offset, energy.scale = "Energy relative to E_F", "eV", -15, 0.1
+    curves = ["occupied", "unoccupied", "occupied_std", "unoccupied_std"]
+    dos.metadata.set_item("Corefit.kind", "dos")
+    dos.metadata.set_item("Corefit.curves", curves)
+    maps = hs.signals.Signal2D(rng.random((2, 3, 5)).astype("float32"))
+    maps.metadata.set_item("Corefit.kind", "maps")
+    maps.metadata.set_item("Corefit.maps", ["homo_lumo_gap", "edge_counts"])
+    atoms = hs.signals.Signal1D(rng.random((4, 7, 300)))
+    atoms.axes_manager.navigation_axes[0].name = "atom"
+    atoms.metadata.set_item("Corefit.kind", "atoms")
+    main, maps_file, atoms_file = write_results(
+        tmp_path / "res.hspy", {"": dos, "maps": maps, "atoms": atoms}
+    )
+
+    layers = get_reader(str(main))(str(main))
+    assert [kw["name"] for _, kw, _ in layers] == [f"res dos {c}" for c in curves]
+    cube, kw, _ = layers[1]
+    assert cube.shape == (300, 3, 5)
+    np.testing.assert_allclose(np.asarray(cube[:, 2, 4]), dos.data[1, 2, 4])
+    assert kw["scale"] == pytest.approx((0.1, 0.1, 0.1))
+    assert kw["translate"][0] == pytest.approx(-15.0)
+    assert kw["units"] == ("eV", "nm", "nm")
+
+    map_layers = get_reader(str(maps_file))(str(maps_file))
+    assert [kw["name"] for _, kw, _ in map_layers] == ["res_maps maps homo_lumo_gap",
+                                                       "res_maps maps edge_counts"]
+    np.testing.assert_allclose(map_layers[1][0], maps.data[1])
+    # per-atom curves have no scan axes: nothing to show as an image
+    assert get_reader(str(atoms_file))(str(atoms_file)) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_corefit.io.load import SUPPORTED_EXTENSIONS, load_spectrum_image
+from napari_corefit.io.write import RESULT_EXTENSIONS
 
 
 def get_reader(path):
@@ -56,9 +57,15 @@ def read_spectrum_image(path) -> list[tuple]:
         ``metadata`` holds ``signal`` (the HyperSpy signal, lazy for big files, for the
         engine), ``spectrum_image`` (:class:`~napari_corefit.io.SpectrumImage`),
         ``energy_axis`` (dict: offset, scale, size, units) and ``path``.
+
+        A result file that corefit wrote (signals with ``metadata.Corefit.kind``) gives
+        :func:`result_layers` instead.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
+    results = _corefit_results(path)
+    if results is not None:
+        return result_layers(results, Path(path).stem)
     si = load_spectrum_image(path)
     return spectrum_image_layers(si)
 
@@ -79,7 +86,7 @@ def spectrum_image_layers(si) -> list[tuple]:
     nav = si.navigation_axes()
     scan_scale = tuple(a["scale"] for a in nav)
     scan_translate = tuple(a["offset"] for a in nav)
-    scan_units = tuple(a["units"] or "pixel" for a in nav)
+    scan_units = tuple(_unit_or(a["units"], "pixel") for a in nav)
     common = {
         "path": str(si.path) if si.path is not None else None,
         "energy_axis": si.energy.to_dict(),
@@ -147,3 +154,114 @@ def _contrast_limits(si) -> tuple[float, float]:
     if not high > low:
         high = low + 1.0
     return (min(low, 0.0), 2.0 * high)
+
+
+def _corefit_results(path) -> list | None:
+    """The signals of a result file corefit wrote (``metadata.Corefit.kind``), else None."""
+    if Path(path).suffix.lower() not in RESULT_EXTENSIONS:
+        return None
+    import hyperspy.api as hs
+
+    try:
+        loaded = hs.load(path, lazy=True)
+    except Exception:  # noqa: BLE001 - load_spectrum_image reports unreadable files properly
+        return None
+    signals = loaded if isinstance(loaded, list) else [loaded]
+    if any(s.metadata.has_item("Corefit.kind") for s in signals):
+        return signals
+    return None
+
+
+def result_layers(signals, name: str) -> list[tuple]:
+    """Image layers for corefit result signals (DOS cubes, maps, the column image).
+
+    Parameters
+    ----------
+    signals : list of hyperspy signals
+        As written by the engine: a DOS stack ``(curve, y, x | energy)`` with the curve names in
+        ``metadata.Corefit.curves``, a map stack ``(map | y, x)`` with ``metadata.Corefit.maps``,
+        or single images. Signals without scan axes (the per-atom table) give no layer.
+    name : str
+        Prefix of the layer names (the file's stem).
+
+    Returns
+    -------
+    list of tuple
+        One ``(data, kwargs, "image")`` per curve or map: DOS cubes as ``(energy, y, x)`` with
+        the energy relative to E_F as first axis, maps as ``(y, x)``; each layer's metadata has
+        ``kind``, ``signal`` (the whole signal) and ``index`` (its place in the stack).
+    """
+    layers = []
+    for signal in signals:
+        am = signal.axes_manager
+        kind = str(signal.metadata.get_item("Corefit.kind", ""))
+        labels = list(
+            signal.metadata.get_item("Corefit.curves", None)
+            or signal.metadata.get_item("Corefit.maps", None)
+            or []
+        )
+        if kind == "atoms" or any(a.name == "atom" for a in am.navigation_axes):
+            continue  # per-atom curves have no scan axes: no image
+        if am.signal_dimension == 1:
+            if am.navigation_dimension < 2:
+                continue
+            spatial = list(am.navigation_axes[1::-1])  # (y, x)
+            stacked = list(am.navigation_axes[:1:-1])
+            energy = am.signal_axes[0]
+        elif am.signal_dimension == 2:
+            spatial = list(am.signal_axes[::-1])
+            stacked = list(am.navigation_axes[::-1])
+            energy = None
+        else:
+            continue
+        if len(stacked) > 1:
+            continue
+        count = stacked[0].size if stacked else 1
+        scale = tuple(_step(a) for a in spatial)
+        translate = tuple(_start(a) for a in spatial)
+        units = tuple(_unit_or(a.units, "pixel") for a in spatial)
+        for index in range(count):
+            data = signal.data[index] if stacked else signal.data
+            label = labels[index] if index < len(labels) else (str(index) if stacked else "")
+            title = " ".join(t for t in (name, kind or signal.metadata.General.title, label) if t)
+            kwargs = {
+                "name": title,
+                "metadata": {"kind": kind, "signal": signal, "index": index, "label": label},
+            }
+            if energy is not None:
+                data = _moveaxis(data)
+                kwargs.update(
+                    scale=(_step(energy),) + scale,
+                    translate=(_start(energy),) + translate,
+                    units=(_unit_or(energy.units, "eV"),) + units,
+                    axis_labels=(str(energy.name), "y", "x"),
+                )
+            else:
+                data = np.asarray(data, dtype=np.float32)
+                kwargs.update(scale=scale, translate=translate, units=units,
+                              axis_labels=("y", "x"))
+            layers.append((data, kwargs, "image"))
+    return layers
+
+
+def _step(axis) -> float:
+    return float(axis.scale) if getattr(axis, "is_uniform", True) else 1.0
+
+
+def _start(axis) -> float:
+    return float(axis.offset) if getattr(axis, "is_uniform", True) else float(axis.axis[0])
+
+
+def _unit_or(units, default: str) -> str:
+    """Units napari accepts (pint-parsable), else ``default``: odd file units must not stop
+    the layer from opening."""
+    text = "" if units is None else str(units).strip()
+    if text in ("", "<undefined>", "None"):
+        return default
+    try:
+        import pint
+
+        pint.get_application_registry().parse_units(text)
+    except Exception:  # noqa: BLE001 - pint raises several kinds for unknown units
+        return default
+    return text
