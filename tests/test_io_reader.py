@@ -119,7 +119,8 @@ def test_result_files_open_as_dos_cubes_and_maps(tmp_path):
     for axis in (x, y):
         axis.units, axis.scale = "nm", 0.1
     energy = dos.axes_manager.signal_axes[0]
-    energy.name, energy.units, energy.offset, energy.scale = "Energy relative to E_F", "eV", -15, 0.1
+    energy.name, energy.units = "Energy relative to E_F", "eV"
+    energy.offset, energy.scale = -15.0, 0.1
     curves = ["occupied", "unoccupied", "occupied_std", "unoccupied_std"]
     dos.metadata.set_item("Corefit.kind", "dos")
     dos.metadata.set_item("Corefit.curves", curves)
