@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_corefit.model.inference import CURVES
 from napari_corefit.spectra.grids import DOS_GRID, EnergyGrid
 from napari_corefit.spectra.peaks import find_first_peak
 
@@ -52,8 +53,6 @@ DEFAULT_WINDOWS = {
     "unoccupied_0_3eV": ("unoccupied", 0.0, 3.0),
 }
 QUALITY_BITS = {"masked": 1, "high_sigma": 2, "out_of_distribution": 4}
-#: Order of the curves in a saved DOS file (its first navigation axis).
-CURVES = ("occupied", "unoccupied", "occupied_std", "unoccupied_std")
 _ENERGY_NAME = "Energy relative to E_F"
 _MAP_UNITS = {"homo_ev": "eV", "lumo_ev": "eV", "gap_ev": "eV", "peak_energy_ev": "eV",
               "edge_counts": "counts"}
@@ -221,6 +220,9 @@ class EngineResult:
         The columns' preprocessed spectra (model inputs).
     info : dict
         Provenance: model directory/commit, device, windows, thresholds, preprocessing config.
+    dos : ndarray, shape (4, ..., n), or None
+        The four cubes stacked in :data:`CURVES` order when they are views of one array (the
+        engine's output); :meth:`save` then writes it without a copy.
     """
 
     occupied: object
@@ -234,6 +236,7 @@ class EngineResult:
     atoms_std: np.ndarray | None = None
     atoms_input: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    dos: np.ndarray | None = None
 
     def curves(self):
         return [getattr(self, c) for c in CURVES]
@@ -257,8 +260,9 @@ class EngineResult:
                "offset": float(energy.offset), "scale": float(energy.scale)}
         curve_ax = {"name": "curve", "units": "", "size": len(CURVES), "offset": 0.0,
                     "scale": 1.0}
-        dos = _signal(np.stack([np.asarray(c.data) for c in self.curves()]), [curve_ax] + nav,
-                      [eax], "corefit DOS", "dos")
+        stacked = self.dos if self.dos is not None else np.stack(
+            [np.asarray(c.data) for c in self.curves()])
+        dos = _signal(stacked, [curve_ax] + nav, [eax], "corefit DOS", "dos")
         dos.metadata.set_item("Corefit.curves", list(CURVES))
         dos.metadata.set_item("Corefit.info", json.dumps(self.info, default=str))
         names = list(self.maps)
@@ -445,7 +449,7 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
                           store=store, preprocess=preprocess,
                           block_hook=acc.add if acc is not None else None)
 
-    feats = dos_features(pred.mean, pred.std, grid, windows)
+    feats = _features_blockwise(pred, grid, windows, max(1, chunk_pixels // _row_size(nav)))
     quality = quality_flags(pred.mask, feats["sigma_rel"], pred.ood, sigma_max, ood_max)
     map_arrays = dict(feats)
     map_arrays.update(ood=pred.ood, quality=quality, peak_energy_ev=pred.peak_energy,
@@ -457,9 +461,9 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
             s.metadata.set_item("Signal.quantity", f"{name} ({_MAP_UNITS[name]})")
         maps[name] = s
     eax = _energy_axis(grid)
-    cubes = [_signal(part, nav, [eax], title, "dos") for part, title in
-             [(pred.mean[..., 0, :], "occupied DOS"), (pred.mean[..., 1, :], "unoccupied DOS"),
-              (pred.std[..., 0, :], "occupied DOS std"), (pred.std[..., 1, :], "unoccupied DOS std")]]
+    cubes = [_signal(pred.dos[i], nav, [eax], title, "dos") for i, title in
+             enumerate(["occupied DOS", "unoccupied DOS", "occupied DOS std",
+                        "unoccupied DOS std"])]
 
     table = am = ast = ain = None
     if atoms:
@@ -497,5 +501,22 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
             "preprocess": config.to_dict() if hasattr(config, "to_dict") else str(config),
             "source": str(getattr(si, "path", "") or "")}
     return EngineResult(*cubes, maps=maps, image=image, atoms_table=table, atoms_mean=am,
-                        atoms_std=ast, atoms_input=ain, info=info)
+                        atoms_std=ast, atoms_input=ain, info=info, dos=pred.dos)
+
+
+def _row_size(nav):
+    return int(np.prod([a["size"] for a in nav[1:]], dtype=np.int64)) if len(nav) > 1 else 1
+
+
+def _features_blockwise(pred, grid, windows, rows):
+    """:func:`dos_features` over blocks of rows, so that its float64 temporaries stay small."""
+    if pred.mask.ndim == 0:
+        return dos_features(pred.mean, pred.std, grid, windows)
+    n = pred.mask.shape[0]
+    out = {}
+    for r0 in range(0, n, rows):
+        f = dos_features(pred.mean[r0:r0 + rows], pred.std[r0:r0 + rows], grid, windows)
+        for k, v in f.items():
+            out.setdefault(k, np.empty(pred.mask.shape, np.float32))[r0:r0 + rows] = v
+    return out
 

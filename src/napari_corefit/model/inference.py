@@ -33,6 +33,7 @@ __all__ = [
     "predict_spectra",
     "predict_signal",
     "SignalPrediction",
+    "CURVES",
     "DEFAULT_BATCH",
 ]
 
@@ -258,9 +259,10 @@ class SignalPrediction:
 
     Attributes
     ----------
-    mean, std : ndarray, shape shape + (2, n_out), float32
-        Ensemble mean and std of the occupied (index 0) and unoccupied (1) DOS; NaN where the
-        preprocessing masked the pixel.
+    dos : ndarray, shape (4,) + shape + (n_out,), float32
+        Curves first, in the order of ``CURVES``: occupied mean, unoccupied mean, occupied std,
+        unoccupied std (ensemble); NaN where the preprocessing masked the pixel. Curves first
+        so that each cube is contiguous (a HyperSpy signal without a copy, saved as it is).
     peak_energy : ndarray, shape, float64
         First-peak energy (eV, energy-loss axis) that aligned the spectrum.
     mask : ndarray, shape, bool
@@ -273,13 +275,26 @@ class SignalPrediction:
         OOD score (1 = training 99th percentile); NaN when masked or the model has none.
     """
 
-    mean: np.ndarray
-    std: np.ndarray
+    dos: np.ndarray
     peak_energy: np.ndarray
     mask: np.ndarray
     reason: np.ndarray
     edge_counts: np.ndarray
     ood: np.ndarray
+
+    @property
+    def mean(self):
+        """Ensemble mean, shape + (2, n_out) (a view)."""
+        return np.moveaxis(self.dos[:2], 0, -2)
+
+    @property
+    def std(self):
+        """Ensemble standard deviation, shape + (2, n_out) (a view)."""
+        return np.moveaxis(self.dos[2:], 0, -2)
+
+
+#: Curve order of :attr:`SignalPrediction.dos` and of saved DOS files.
+CURVES = ("occupied", "unoccupied", "occupied_std", "unoccupied_std")
 
 
 def _row_blocks(data, chunk_pixels):
@@ -319,13 +334,12 @@ def _default_preprocess():
     return preprocess
 
 
-def _allocate(shape, dtype, fill, store, name):
+def _allocate(shape, dtype, store, name):
+    # not filled: every block writes all of its rows (a fill would touch the whole store twice)
     if store is None:
-        return np.full(shape, fill, dtype)
-    arr = np.lib.format.open_memmap(Path(store) / f"{name}.npy", mode="w+", dtype=dtype,
-                                    shape=shape)
-    arr[...] = fill
-    return arr
+        return np.empty(shape, dtype)
+    return np.lib.format.open_memmap(Path(store) / f"{name}.npy", mode="w+", dtype=dtype,
+                                     shape=shape)
 
 
 def predict_signal(model, signal, config=None, device="auto", batch_size=None, amp=False,
@@ -352,8 +366,9 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
     chunk_pixels : int
         Pixels per block (rounded to whole rows, and to whole dask chunks of the first axis).
     store : path, optional
-        Existing directory for memory-mapped outputs (``mean.npy``, ``std.npy``, ...). They are
-        removed again if the run is cancelled or fails.
+        Existing directory for memory-mapped outputs (``dos.npy``, ``mask.npy``, ...), so that
+        memory stays bounded when the outputs are larger than RAM (the DOS cubes hold 1200
+        floats per pixel). They are removed again if the run is cancelled or fails.
     preprocess : callable(energy, counts, config) -> PreprocessResult, optional
         Default :func:`napari_corefit.spectra.pipeline.preprocess`.
     prefetch : bool
@@ -394,15 +409,14 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
     names = []
     try:
         outs = {}
-        for name, tail, dtype, fill in [("mean", (2, n_out), np.float32, np.nan),
-                                        ("std", (2, n_out), np.float32, np.nan),
-                                        ("peak_energy", (), np.float64, np.nan),
-                                        ("mask", (), bool, False),
-                                        ("reason", (), np.uint8, 0),
-                                        ("edge_counts", (), np.float32, np.nan),
-                                        ("ood", (), np.float32, np.nan)]:
+        for name, dims, dtype in [("dos", (4,) + shape + (n_out,), np.float32),
+                                  ("peak_energy", shape, np.float64),
+                                  ("mask", shape, bool),
+                                  ("reason", shape, np.uint8),
+                                  ("edge_counts", shape, np.float32),
+                                  ("ood", shape, np.float32)]:
             names.append(name)
-            outs[name] = _allocate(shape + tail, dtype, fill, store, name)
+            outs[name] = _allocate(dims, dtype, store, name)
         blocks = _row_blocks(data, chunk_pixels)
         row_pixels = n_pix // max(shape[0], 1)
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -416,31 +430,31 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
                 if block_hook is not None:
                     block_hook(r0, r1, counts)
                 res = preprocess(energy, counts, config)
+                lead = counts.shape[:-1]
                 mask = np.asarray(res.mask, bool).reshape(-1)
                 spectra = np.asarray(res.spectra, np.float32).reshape(mask.size, -1)
                 sl = slice(r0, r1)
-                outs["mask"][sl] = mask.reshape(counts.shape[:-1])
-                outs["peak_energy"][sl] = np.asarray(res.peak_energy).reshape(counts.shape[:-1])
-                outs["reason"][sl] = np.asarray(res.reason).reshape(counts.shape[:-1])
+                outs["mask"][sl] = mask.reshape(lead)
+                outs["peak_energy"][sl] = np.asarray(res.peak_energy).reshape(lead)
+                outs["reason"][sl] = np.asarray(res.reason).reshape(lead)
                 edge = getattr(res, "edge_counts", None)
                 if edge is None:
                     edge = getattr(res, "total_counts")
-                outs["edge_counts"][sl] = np.asarray(edge).reshape(counts.shape[:-1])
+                outs["edge_counts"][sl] = np.asarray(edge).reshape(lead)
                 good = np.flatnonzero(mask)
+                block = np.full((4, mask.size, n_out), np.nan, np.float32)
+                ood = np.full(mask.size, np.nan, np.float32)
                 if good.size:
                     sub = _BlockProgress(progress, done, n_pix, mask.size)
-                    m, s = predict_spectra(model, spectra[good], device=dev,
-                                           batch_size=batch_size, amp=amp, progress=sub,
-                                           cancel=cancel)
-                    bm = np.full((mask.size, 2, n_out), np.nan, np.float32)
-                    bs = np.full((mask.size, 2, n_out), np.nan, np.float32)
-                    bm[good], bs[good] = m, s
-                    outs["mean"][sl] = bm.reshape(counts.shape[:-1] + (2, n_out))
-                    outs["std"][sl] = bs.reshape(counts.shape[:-1] + (2, n_out))
+                    m, sd = predict_spectra(model, spectra[good], device=dev,
+                                            batch_size=batch_size, amp=amp, progress=sub,
+                                            cancel=cancel)
+                    block[0, good], block[1, good] = m[:, 0], m[:, 1]
+                    block[2, good], block[3, good] = sd[:, 0], sd[:, 1]
                     if ood_model:
-                        bo = np.full(mask.size, np.nan, np.float32)
-                        bo[good] = ood_score(ood_model, spectra[good])
-                        outs["ood"][sl] = bo.reshape(counts.shape[:-1])
+                        ood[good] = ood_score(ood_model, spectra[good])
+                outs["dos"][:, sl] = block.reshape((4,) + lead + (n_out,))
+                outs["ood"][sl] = ood.reshape(lead)
             _check(None, progress, n_pix, n_pix, "pixels")
     except BaseException:
         if store is not None:
@@ -449,7 +463,7 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
                 (Path(store) / f"{name}.npy").unlink(missing_ok=True)
         raise
     if signal.data.ndim == 1:
-        outs = {k: v[0] for k, v in outs.items()}
+        outs = {k: (v[:, 0] if k == "dos" else v[0]) for k, v in outs.items()}
     return SignalPrediction(**outs)
 
 
