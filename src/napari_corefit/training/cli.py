@@ -38,6 +38,10 @@ def add_parser(subparsers):
     p.add_argument("--split", choices=sorted(SPLIT_KINDS), default="random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop each member after this many minutes (recorded in the model)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
@@ -73,7 +77,10 @@ def _train(args):
 
     options = json.loads(args.arch_options) if args.arch_options else None
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             patience=args.patience, seed=args.seed, device=args.device)
+                             patience=args.patience, seed=args.seed, device=args.device,
+                             threads=args.threads,
+                             max_seconds=None if args.max_minutes is None else
+                             60.0 * args.max_minutes)
     train_model(args.db, args.out, level=args.level,
                 noise=_noise_model(args.noise, args.signal_to_background),
                 n_members=args.members, arch=args.arch, arch_options=options, split=args.split,

@@ -41,6 +41,11 @@ class TrainSettings:
     device: str = "auto"
     #: draw fresh noisy inputs every this many epochs (noise training only)
     renoise_every: int = 1
+    #: stop a member after this many seconds (None: no limit); recorded as ``stopped: "time"``
+    max_seconds: float | None = None
+    #: torch CPU threads (None: torch's default). One thread is several times faster for these
+    #: small networks on a machine whose cores are busy with other work.
+    threads: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +97,8 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
         In eval mode, on the training device, with the weights of the best validation epoch.
     history : dict
         ``train_loss``, ``val_loss`` (per epoch), ``best_epoch``, ``best_val_loss``,
-        ``epochs_run``, ``seconds``.
+        ``epochs_run``, ``seconds``, ``stopped`` (``"early"``: patience ran out; ``"epochs"``;
+        ``"time"``: ``max_seconds`` ran out).
     """
     if len(train) == 0:
         raise ValueError("no training rows")
@@ -100,6 +106,8 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
         raise ValueError("no validation rows")
     seed = settings.seed if seed is None else int(seed)
     device = resolve_device(settings.device)
+    if settings.threads and device.type == "cpu":
+        torch.set_num_threads(int(settings.threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = build_network(arch).to(device)
@@ -116,6 +124,7 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
 
     hist = {"train_loss": [], "val_loss": []}
     best, best_state, best_epoch, t0 = np.inf, None, -1, time.perf_counter()
+    stopped = "epochs"
     bar = tqdm(range(settings.epochs), desc=desc, file=sys.stderr, disable=not progress,
                leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -144,12 +153,17 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
         bar.set_postfix(train=f"{hist['train_loss'][-1]:.3g}", val=f"{vl:.3g}", best=best_epoch,
                         refresh=False)
         if epoch - best_epoch >= settings.patience:
+            stopped = "early"
+            break
+        if settings.max_seconds is not None and time.perf_counter() - t0 > settings.max_seconds:
+            stopped = "time"
             break
     bar.close()
     net.load_state_dict(best_state)
     net.eval()
     hist.update(best_epoch=int(best_epoch), best_val_loss=float(best),
-                epochs_run=len(hist["val_loss"]), seconds=time.perf_counter() - t0)
+                epochs_run=len(hist["val_loss"]), seconds=time.perf_counter() - t0,
+                stopped=stopped)
     return net, hist
 
 

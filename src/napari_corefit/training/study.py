@@ -1,0 +1,161 @@
+"""The full training study behind the bundled model and its model card, in one command.
+
+Steps (each a ``train_model`` run on the same database, all with the same random split unless
+said otherwise):
+
+1. architecture comparison: a small ensemble of every candidate architecture; the one with the
+   lowest mean *validation* loss wins (the test molecules stay untouched by the choice);
+2. the default site-level ensemble of the winner;
+3. the molecule-level ensemble;
+4. the noise study: one model per training noise level;
+5. the extrapolation designs, when the database holds molecules with 21-26 atoms;
+6. the model card (:mod:`napari_corefit.training.report`), and optionally installing the default
+   as the package's bundled model.
+
+Usage::
+
+    python -m napari_corefit.training.study --db data/db --out work-tmp/study --install
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_corefit.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, default_model_dir
+from napari_corefit.training.loop import TrainSettings
+from napari_corefit.training.noise import NoiseModel
+from napari_corefit.training.train import train_model
+
+__all__ = ["run_study", "install_default", "main"]
+
+
+def install_default(model_dir, level="site") -> Path:
+    """Copy a checkpoint's two files into the package's bundled-model folder."""
+    dest = default_model_dir(level)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copyfile(Path(model_dir) / name, dest / name)
+    return dest
+
+
+def _val_loss(loaded):
+    return float(np.mean([m["best_val_loss"] for m in loaded.config["training"]["members"]]))
+
+
+def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
+              members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
+              extrapolation=True, settings=None, install=False, card=None, images=None,
+              notes=None, progress=True):
+    """Run the study; return a dict of what was trained and chosen (also saved as study.json)."""
+    from napari_corefit.backend import load_database
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings or TrainSettings()
+    table = load_database(db)
+    log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+    res = {"db": str(db), "settings": settings.to_dict(), "arch_models": {}}
+
+    def train(name, **kw):
+        log(f"== {name}")
+        return train_model(db, out / name, table=table, settings=settings, progress=progress,
+                           **kw)
+
+    scores = {}
+    for arch in archs:
+        m = train(f"arch_{arch}", arch=arch, n_members=compare_members)
+        scores[arch] = _val_loss(m)
+        res["arch_models"][arch] = str(out / f"arch_{arch}")
+        log(f"{arch}: mean validation MSE {scores[arch]:.4g}")
+    best = min(scores, key=scores.get)
+    res.update(arch_validation_mse=scores, chosen_arch=best)
+    log(f"chosen architecture (lowest validation MSE): {best}")
+
+    train("default", arch=best, n_members=members)
+    res["default"] = str(out / "default")
+    if molecule:
+        train("molecule", arch=best, n_members=members, level="molecule")
+        res["molecule"] = str(out / "molecule")
+    res["noise_models"] = {"inf": str(out / "default")}
+    for n in noise_levels:
+        name = f"noise_{n:.0e}".replace("+0", "")
+        train(name, arch=best, n_members=noise_members, noise=NoiseModel(counts=n))
+        res["noise_models"][f"{n:g}"] = str(out / name)
+    res["extrapolation_models"] = []
+    n_atoms = np.asarray(table.molecules["n_atoms"])
+    n_big = int(((n_atoms >= 21) & (n_atoms <= 26)).sum())
+    res["n_molecules_21_26_atoms"] = n_big
+    if extrapolation and n_big >= 5:
+        for kind in ("extrapolation", "extrapolation_18_20"):
+            train(kind, arch=best, n_members=noise_members, split=kind)
+            res["extrapolation_models"].append(str(out / kind))
+    elif extrapolation:
+        log(f"extrapolation skipped: only {n_big} molecules with 21-26 atoms in the database")
+    (out / "study.json").write_text(json.dumps(res, indent=2))
+    if install:
+        res["installed"] = str(install_default(out / "default"))
+        if molecule:
+            install_default(out / "molecule", level="molecule")
+    if card:
+        from napari_corefit.training.report import write_model_card
+        from napari_corefit.training.noise import parse_counts
+
+        default = res.get("installed", res["default"])
+        write_model_card(db, default, card, images or Path(card).parent / "images",
+                         molecule_model=res.get("molecule"),
+                         noise_models={parse_counts(k): v for k, v in
+                                       res["noise_models"].items()},
+                         extrapolation_models=res["extrapolation_models"] or None,
+                         arch_models=res["arch_models"], notes=notes)
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m napari_corefit.training.study",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--archs", default="paper_mlp,two_head_mlp,cnn1d")
+    p.add_argument("--compare-members", type=int, default=2)
+    p.add_argument("--members", type=int, default=5)
+    p.add_argument("--noise-levels", default="1e2,1e3,1e4,1e5")
+    p.add_argument("--noise-members", type=int, default=1)
+    p.add_argument("--no-molecule", action="store_true")
+    p.add_argument("--no-extrapolation", action="store_true")
+    p.add_argument("--epochs", type=int, default=3000)
+    p.add_argument("--patience", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-minutes", type=float, default=None, help="per member")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--install", action="store_true",
+                   help="copy the default (and molecule) model into the package")
+    p.add_argument("--card", default=None, help="write the model card here (e.g. "
+                   "docs/MODEL_CARD.md)")
+    p.add_argument("--images", default=None)
+    p.add_argument("--notes", default=None)
+    a = p.parse_args(argv)
+    settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                             patience=a.patience, seed=a.seed, device=a.device,
+                             threads=a.threads,
+                             max_seconds=None if a.max_minutes is None else 60 * a.max_minutes)
+    levels = tuple(float(x) for x in a.noise_levels.split(",") if x.strip())
+    res = run_study(a.db, a.out, archs=tuple(a.archs.split(",")),
+                    compare_members=a.compare_members, members=a.members, noise_levels=levels,
+                    noise_members=a.noise_members, molecule=not a.no_molecule,
+                    extrapolation=not a.no_extrapolation, settings=settings,
+                    install=a.install, card=a.card, images=a.images, notes=a.notes)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
