@@ -287,7 +287,7 @@ def _plan(energy, config: PreprocessConfig) -> _Plan:
     return _Plan(energy, step, window, c0, c1, grid, extra, config)
 
 
-def _stage1(plan: _Plan, raw):
+def _stage1(plan: _Plan, raw, given_fit=None):
     """Raw checks, background fit and subtraction on the crop; rows (m, n) -> (m, w)."""
     code, _ = raw_reasons(raw)
     bad = code != 0
@@ -300,7 +300,7 @@ def _stage1(plan: _Plan, raw):
         bg_failed = ~fit.ok & ~bad
     else:
         nan = np.full(m, np.nan)
-        fit = PowerLawFit(nan, nan.copy())
+        fit = PowerLawFit(nan, nan.copy()) if given_fit is None else given_fit
         sub = np.array(raw[:, plan.c0:plan.c1], dtype=np.float32)
         bg_failed = np.zeros(m, bool)
     dead = bad | bg_failed
@@ -383,7 +383,7 @@ def _check(cancel, progress, done, total, msg):
         progress(done / max(total, 1), f"{msg} {done}/{total}")
 
 
-def _run(plan, blocks, n_pix, lead, progress, cancel):
+def _run(plan, blocks, n_pix, lead, progress, cancel, given_fit=None):
     """Run both stages over ``blocks`` (a list of (i0, i1, read) with read() -> (m, n) rows)."""
     cfg, grid = plan.config, plan.grid
     spectra = np.zeros((n_pix, grid.n), np.float32)
@@ -392,6 +392,12 @@ def _run(plan, blocks, n_pix, lead, progress, cancel):
     reason = np.zeros(n_pix, np.uint8)
     edge = np.zeros(n_pix)
     A, r = np.full(n_pix, np.nan), np.full(n_pix, np.nan)
+    if given_fit is not None:
+        gA = np.broadcast_to(np.asarray(given_fit.A, np.float64), lead).reshape(-1)
+        gr = np.broadcast_to(np.asarray(given_fit.r, np.float64), lead).reshape(-1)
+
+    def given(i0, i1):
+        return None if given_fit is None else PowerLawFit(gA[i0:i1], gr[i0:i1])
 
     def finish(i0, i1, sub, fit, code):
         out = _stage2(plan, sub, fit, code)
@@ -401,14 +407,14 @@ def _run(plan, blocks, n_pix, lead, progress, cancel):
     if cfg.pca_components is None:
         for i0, i1, read in blocks:
             _check(cancel, progress, i0, n_pix, "preprocessing")
-            finish(i0, i1, *_stage1(plan, read()))
+            finish(i0, i1, *_stage1(plan, read(), given(i0, i1)))
     else:
         # PCA mixes pixels: keep every pixel's edge region, find the components, then go on
         subs = np.zeros((n_pix, plan.c1 - plan.c0), np.float32)
         code = np.zeros(n_pix, np.uint8)
         for i0, i1, read in blocks:
             _check(cancel, progress, i0 // 2, n_pix, "background")
-            subs[i0:i1], fit, code[i0:i1] = _stage1(plan, read())
+            subs[i0:i1], fit, code[i0:i1] = _stage1(plan, read(), given(i0, i1))
             A[i0:i1], r[i0:i1] = fit.A, fit.r
         ok = code == 0
         if ok.sum() > cfg.pca_components:
@@ -427,7 +433,8 @@ def _run(plan, blocks, n_pix, lead, progress, cancel):
         background_window=plan.window, extra_sigma_ev=plan.extra_sigma, config=cfg)
 
 
-def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, cancel=None):
+def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, cancel=None,
+               background_fit=None):
     """Turn raw counts of any number of pixels into model-ready spectra.
 
     Parameters
@@ -442,6 +449,10 @@ def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, c
     progress : callable(fraction, message), optional
     cancel : callable() -> bool, optional
         Checked between chunks; true raises :class:`Cancelled`.
+    background_fit : PowerLawFit, optional
+        With ``config.background`` False: the fit of a background already removed from
+        ``counts`` (e.g. before a deconvolution); reported in the result and used for the
+        Poisson noise of the NO_EDGE test.
 
     Returns
     -------
@@ -483,7 +494,10 @@ def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, c
     chunk = max(1, int(chunk_pixels))
     blocks = [(i0, min(i0 + chunk, n_pix), (lambda i0=i0: flat[i0:i0 + chunk]))
               for i0 in range(0, n_pix, chunk)]
-    return _run(plan, blocks, n_pix, lead, progress, cancel)
+    if background_fit is not None and config.background:
+        raise ValueError("background_fit is for counts whose background was already removed; "
+                         "set config.background=False")
+    return _run(plan, blocks, n_pix, lead, progress, cancel, background_fit)
 
 
 def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, cancel=None):
