@@ -74,3 +74,16 @@ def test_bad_output_name_is_an_error(files, capsys):
     rc = main(["predict", str(files / "si.hspy"), "--model", str(files / "model"),
                "-o", str(files / "x.png")])
     assert rc == 2 and ".hspy" in capsys.readouterr().err
+
+
+def test_lazy_run_equals_eager_and_leaves_no_temporary_files(files):
+    outs = {}
+    for name, extra in (("eager", []), ("lazy", ["--lazy"])):
+        d = files / name
+        rc = main(["predict", str(files / "si.hspy"), "--model", str(files / "model"),
+                   "--device", "cpu", "--chunk-pixels", "16", "-q", "-o", str(d / "o.hspy")]
+                  + extra)
+        assert rc == 0
+        outs[name] = hs.load(d / "o.hspy").data
+        assert sorted(p.name for p in d.iterdir()) == ["o.hspy", "o_image.hspy", "o_maps.hspy"]
+    np.testing.assert_allclose(outs["lazy"], outs["eager"], rtol=1e-5, equal_nan=True)

@@ -11,8 +11,11 @@ Progress goes to stderr (tqdm); nothing is written when the run fails or is inte
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["add_parser", "run", "plot_overview"]
 
@@ -59,6 +62,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from napari_corefit.engine import parse_window, predict
+    from napari_corefit.io import load_spectrum_image
     from napari_corefit.model.checkpoint import load_default, load_model
     from napari_corefit.model.inference import resolve_device
 
@@ -80,21 +84,28 @@ def run(args) -> int:
         bar.update(max(0, int(round(1000 * fraction)) - bar.n))
         bar.set_postfix_str(message, refresh=False)
 
-    try:
-        result = predict(args.si, model, adf=args.adf, lowloss=args.lowloss,
-                         lazy=True if args.lazy else None, device=device,
-                         batch_size=args.batch_size, chunk_pixels=args.chunk_pixels,
-                         amp=False if args.amp == "off" else args.amp, atoms=args.atoms,
-                         atom_options=atom_options, windows=windows, sigma_max=args.sigma_max,
-                         progress=progress)
-    finally:
-        bar.close()
-    written = result.save(out)
-    if args.plot:
-        plot_overview(result, args.plot)
-        written.append(Path(args.plot))
-    q = result.maps["quality"].data
-    n_atoms = 0 if result.atoms_table is None else len(result.atoms_table)
+    si = load_spectrum_image(args.si, adf=args.adf, lowloss=args.lowloss,
+                             lazy=True if args.lazy else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a lazy SI may be larger than RAM, and its DOS cubes larger still (1200 floats per pixel):
+    # they then go to memory-mapped files beside the output, removed when written
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".corefit-") as tmp:
+        try:
+            result = predict(si, model, device=device, batch_size=args.batch_size,
+                             chunk_pixels=args.chunk_pixels,
+                             amp=False if args.amp == "off" else args.amp, atoms=args.atoms,
+                             atom_options=atom_options, windows=windows,
+                             sigma_max=args.sigma_max, progress=progress,
+                             store=tmp if si.lazy else None)
+        finally:
+            bar.close()
+        written = result.save(out)
+        if args.plot:
+            plot_overview(result, args.plot)
+            written.append(Path(args.plot))
+        q = np.asarray(result.maps["quality"].data)
+        n_atoms = 0 if result.atoms_table is None else len(result.atoms_table)
+        del result
     print(f"corefit predict: {q.size} pixels ({int((q == 0).sum())} good, "
           f"{int((q & 1).sum())} masked){f', {n_atoms} atom columns' if args.atoms else ''} "
           f"on {device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -105,8 +116,6 @@ def run(args) -> int:
 
 def _pick_examples(result, k=3):
     """Three columns to show: the best-fitted usable ones (else the pixels with most counts)."""
-    import numpy as np
-
     t = result.atoms_table
     if t is not None and len(t):
         ok = t[t["usable"]]
@@ -128,7 +137,6 @@ def plot_overview(result, path):
     result : EngineResult
     path : path of the PNG (or any matplotlib format) to write
     """
-    import numpy as np
     from matplotlib.figure import Figure
 
     from napari_corefit.spectra.grids import SPECTRUM_GRID
