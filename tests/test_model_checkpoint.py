@@ -153,3 +153,20 @@ def test_load_default_without_bundled_model(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "default_model_dir", lambda level="site": tmp_path)
     with pytest.raises(FileNotFoundError, match="no bundled site-level model"):
         load_default()
+
+
+def test_half_precision_storage_is_smaller_and_close(saved, tmp_path):
+    d, ens, ood, x = saved
+    h = save_model(tmp_path / "half", ens, load_model(d).config, ood=ood, weights_dtype="float16")
+    loaded = load_model(h)
+    assert loaded.config["weights_dtype"] == "float16"
+    assert next(loaded.ensemble.parameters()).dtype == torch.float32
+    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(h) < 0.6 * size(d)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        ref, got = ens(xt), loaded.ensemble(xt)
+    assert not torch.equal(got, ref)
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-3 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_model(tmp_path / "bad", ens, load_model(d).config, weights_dtype="int8")

@@ -196,7 +196,11 @@ def _jsonable(obj):
     return obj
 
 
-def save_model(directory, ensemble: Ensemble, config: dict, ood: dict | None = None) -> Path:
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_model(directory, ensemble: Ensemble, config: dict, ood: dict | None = None,
+               weights_dtype: str = "float32") -> Path:
     """Write an ensemble and its config as a checkpoint directory.
 
     Parameters
@@ -213,6 +217,10 @@ def save_model(directory, ensemble: Ensemble, config: dict, ood: dict | None = N
     ood : dict, optional
         From :func:`fit_ood`; its arrays go into the safetensors file, its scalars into the
         config's ``ood`` block.
+    weights_dtype : {"float32", "float16", "bfloat16"}
+        Storage type of the floating-point weights (halves the file for bundled models); they
+        are cast back to the network's float32 on loading. Only ``float32`` round-trips
+        exactly.
 
     Returns
     -------
@@ -224,13 +232,19 @@ def save_model(directory, ensemble: Ensemble, config: dict, ood: dict | None = N
         if key not in config:
             raise ValueError(f"a model config needs {key!r}")
     cfg = _jsonable(dict(config))
-    cfg.update(format=FORMAT, format_version=FORMAT_VERSION, n_members=len(ensemble.members))
+    if weights_dtype not in _DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(_DTYPES)}, got {weights_dtype!r}")
+    cfg.update(format=FORMAT, format_version=FORMAT_VERSION, n_members=len(ensemble.members),
+               weights_dtype=weights_dtype)
     if "commit" not in cfg:
         cfg["commit"] = git_commit()
     tensors = {}
     for i, member in enumerate(ensemble.members):
         for name, t in member.state_dict().items():
-            tensors[f"member{i}.{name}"] = t.detach().to("cpu").contiguous()
+            t = t.detach().to("cpu")
+            if t.is_floating_point():
+                t = t.to(_DTYPES[weights_dtype])
+            tensors[f"member{i}.{name}"] = t.contiguous()
     if ood:
         for k in _OOD_KEYS:
             tensors[f"ood.{k}"] = torch.from_numpy(np.ascontiguousarray(ood[k], np.float32))
