@@ -86,6 +86,33 @@ def plot_examples(ev, path, title):
     plt.close(fig)
 
 
+def plot_history(model_dir, path):
+    """Training and validation loss of every member (from the checkpoint's history.npz)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = Path(model_dir) / "history.npz"
+    if not f.is_file():
+        return False
+    h = np.load(f)
+    n = len({k.split("_")[0] for k in h.files})
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i in range(n):
+        line, = ax.plot(h[f"member{i}_val_loss"], lw=1, label=f"member {i + 1} validation")
+        ax.plot(h[f"member{i}_train_loss"], lw=0.6, ls=":", color=line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (dotted: training, with dropout)")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def noise_study(models, table, test_counts=TEST_COUNTS):
     """MSE of each noise-trained model at each test noise level.
 
@@ -170,7 +197,7 @@ def _describe_db(table, cfg):
 
 
 def write_model_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
-                     extrapolation_models=None, arch_models=None, notes=None):
+                     extrapolation_models=None, arch_models=None, notes=None, history_dir=None):
     """Evaluate the given checkpoints on a database and write the model card and its plots.
 
     Parameters
@@ -192,6 +219,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         Name -> checkpoint directory (architecture comparison on the same split).
     notes : str, optional
         Extra text for the "Limitations" section.
+    history_dir : path, optional
+        Where the default model's ``history.npz`` lies, when not beside it (an installed copy).
     """
     from napari_corefit.backend import load_database
 
@@ -239,8 +268,10 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f"{[mm_['best_epoch'] + 1 for mm_ in tr.get('members', [])]}; training time "
           f"{_fmt(tr.get('seconds'), 3)} s.",
           f"- Noise: {'none (noise-free inputs)' if cfg.get('noise_counts') is None else cfg['noise_counts']}.",
-          f"- Checkpoint: `{rel(model_dir)}` (safetensors + config.json), commit "
-          f"`{cfg.get('commit')}`.", ""]
+          f"- Checkpoint: `{rel(model_dir)}` (safetensors + config.json, weights stored as "
+          f"{cfg.get('weights_dtype', 'float32')}), commit `{cfg.get('commit')}`.", ""]
+    if plot_history(history_dir or model_dir, images / "model_training_curves.png"):
+        L += [f"![training curves]({rel(images / 'model_training_curves.png')})", ""]
     db_cfg = cfg.get("database", {})
     L += ["## Database", "",
           f"- Evaluated on `{db}`: {table.n_molecules} molecules, {table.n_sites} carbon sites "

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_corefit.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, default_model_dir
+from napari_corefit.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, default_model_dir,
+                                             load_model, save_model)
 from napari_corefit.training.loop import TrainSettings
 from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.train import train_model
@@ -35,12 +36,17 @@ from napari_corefit.training.train import train_model
 __all__ = ["run_study", "install_default", "main"]
 
 
-def install_default(model_dir, level="site") -> Path:
-    """Copy a checkpoint's two files into the package's bundled-model folder."""
+def install_default(model_dir, level="site", weights_dtype="float32") -> Path:
+    """Copy a checkpoint into the package's bundled-model folder (optionally in half precision).
+    """
     dest = default_model_dir(level)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        shutil.copyfile(Path(model_dir) / name, dest / name)
+    if weights_dtype == "float32":
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copyfile(Path(model_dir) / name, dest / name)
+    else:
+        m = load_model(model_dir)
+        save_model(dest, m.ensemble, m.config, ood=m.ood, weights_dtype=weights_dtype)
     return dest
 
 
@@ -51,7 +57,7 @@ def _val_loss(loaded):
 def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
-              notes=None, progress=True):
+              notes=None, weights_dtype="float32", progress=True):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json)."""
     from napari_corefit.backend import load_database
 
@@ -99,9 +105,9 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         log(f"extrapolation skipped: only {n_big} molecules with 21-26 atoms in the database")
     (out / "study.json").write_text(json.dumps(res, indent=2))
     if install:
-        res["installed"] = str(install_default(out / "default"))
+        res["installed"] = str(install_default(out / "default", weights_dtype=weights_dtype))
         if molecule:
-            install_default(out / "molecule", level="molecule")
+            install_default(out / "molecule", level="molecule", weights_dtype=weights_dtype)
     if card:
         from napari_corefit.training.report import write_model_card
         from napari_corefit.training.noise import parse_counts
@@ -112,7 +118,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                          noise_models={parse_counts(k): v for k, v in
                                        res["noise_models"].items()},
                          extrapolation_models=res["extrapolation_models"] or None,
-                         arch_models=res["arch_models"], notes=notes)
+                         arch_models=res["arch_models"], notes=notes,
+                         history_dir=res["default"])
     return res
 
 
@@ -141,6 +148,8 @@ def main(argv=None):
     p.add_argument("--card", default=None, help="write the model card here (e.g. "
                    "docs/MODEL_CARD.md)")
     p.add_argument("--images", default=None)
+    p.add_argument("--weights-dtype", default="float32", choices=("float32", "float16"),
+                   help="storage of the installed weights")
     p.add_argument("--notes", default=None)
     a = p.parse_args(argv)
     settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
@@ -152,7 +161,8 @@ def main(argv=None):
                     compare_members=a.compare_members, members=a.members, noise_levels=levels,
                     noise_members=a.noise_members, molecule=not a.no_molecule,
                     extrapolation=not a.no_extrapolation, settings=settings,
-                    install=a.install, card=a.card, images=a.images, notes=a.notes)
+                    install=a.install, card=a.card, images=a.images, notes=a.notes,
+                    weights_dtype=a.weights_dtype)
     print(json.dumps(res, indent=2))
     return 0
 
