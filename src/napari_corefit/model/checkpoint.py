@@ -155,7 +155,8 @@ def ood_error(spectra, ood) -> np.ndarray:
 def database_fingerprint(db_dir, n_sites=None) -> dict:
     """Hash of a database directory's shard files (names and bytes) and its site count."""
     db_dir = Path(db_dir)
-    shards = sorted(p for p in db_dir.glob("*.h5") if p.is_file())
+    shards = [db_dir] if db_dir.is_file() else sorted(p for p in db_dir.glob("*.h5")
+                                                       if p.is_file())
     h = hashlib.sha256()
     for p in shards:
         h.update(p.name.encode())
