@@ -197,7 +197,8 @@ def _describe_db(table, cfg):
 
 
 def write_model_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
-                     extrapolation_models=None, arch_models=None, notes=None, history_dir=None):
+                     extrapolation_models=None, arch_models=None, notes=None, history_dir=None,
+                     reproduce=None):
     """Evaluate the given checkpoints on a database and write the model card and its plots.
 
     Parameters
@@ -221,6 +222,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         Extra text for the "Limitations" section.
     history_dir : path, optional
         Where the default model's ``history.npz`` lies, when not beside it (an installed copy).
+    reproduce : str, optional
+        The command that trained the models and wrote this card.
     """
     from napari_corefit.backend import load_database
 
@@ -379,6 +382,10 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
     if notes:
         L += [f"- {notes}"]
     L.append("")
+    if reproduce:
+        L += ["## Reproduce", "", "```", reproduce, "```", "",
+              "and `corefit evaluate --db DB --split test --json` for the default's test numbers.",
+              ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(L))
     return out

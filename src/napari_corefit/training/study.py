@@ -57,7 +57,7 @@ def _val_loss(loaded):
 def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
-              notes=None, weights_dtype="float32", progress=True):
+              notes=None, weights_dtype="float32", progress=True, command=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json)."""
     from napari_corefit.backend import load_database
 
@@ -119,7 +119,7 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                                        res["noise_models"].items()},
                          extrapolation_models=res["extrapolation_models"] or None,
                          arch_models=res["arch_models"], notes=notes,
-                         history_dir=res["default"])
+                         history_dir=res["default"], reproduce=command)
     return res
 
 
@@ -162,7 +162,9 @@ def main(argv=None):
                     noise_members=a.noise_members, molecule=not a.no_molecule,
                     extrapolation=not a.no_extrapolation, settings=settings,
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
-                    weights_dtype=a.weights_dtype)
+                    weights_dtype=a.weights_dtype,
+                    command="python -m napari_corefit.training.study " + " ".join(
+                        sys.argv[1:] if argv is None else argv))
     print(json.dumps(res, indent=2))
     return 0
 
