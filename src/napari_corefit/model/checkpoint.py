@@ -255,7 +255,8 @@ def save_model(directory, ensemble: Ensemble, config: dict, ood: dict | None = N
     directory.mkdir(parents=True, exist_ok=True)
     # write under temporary names and rename, so an interrupted save never leaves a torn pair
     tmp_w, tmp_c = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    save_file(tensors, str(tmp_w),
+              metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     tmp_c.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     tmp_w.replace(directory / WEIGHTS_FILE)
     tmp_c.replace(directory / CONFIG_FILE)

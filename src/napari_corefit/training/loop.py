@@ -169,7 +169,8 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
 
 def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, n_members=5,
                    noise=None, preprocess_config=None, progress=True):
-    """Train ``n_members`` networks with seeds ``settings.seed + i``; return (Ensemble, histories)."""
+    """Train ``n_members`` networks (seeds ``settings.seed + i``); return (Ensemble, histories).
+    """
     if n_members < 1:
         raise ValueError(f"an ensemble needs at least one member, got {n_members}")
     members, histories = [], []

@@ -270,7 +270,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f"best epochs per member: "
           f"{[mm_['best_epoch'] + 1 for mm_ in tr.get('members', [])]}; training time "
           f"{_fmt(tr.get('seconds'), 3)} s.",
-          f"- Noise: {'none (noise-free inputs)' if cfg.get('noise_counts') is None else cfg['noise_counts']}.",
+          "- Noise: " + ("none (noise-free inputs)." if cfg.get("noise_counts") is None else
+                         f"trained at N = {cfg['noise_counts']:g} edge counts."),
           f"- Checkpoint: `{rel(model_dir)}` (safetensors + config.json, weights stored as "
           f"{cfg.get('weights_dtype', 'float32')}), commit `{cfg.get('commit')}`.", ""]
     if plot_history(history_dir or model_dir, images / "model_training_curves.png"):
@@ -280,7 +281,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f"- Evaluated on `{db}`: {table.n_molecules} molecules, {table.n_sites} carbon sites "
           f"computed, {n_ok} usable; site status counts {status}.",
           f"- Usable molecules by number of heavy atoms: {by_heavy}.",
-          f"- The model was trained on a database with fingerprint `{db_cfg.get('sha256', '')[:16]}`"
+          "- The model was trained on a database with fingerprint "
+          f"`{db_cfg.get('sha256', '')[:16]}`"
           f" ({db_cfg.get('n_sites')} sites, {db_cfg.get('n_molecules')} usable molecules, shards "
           f"{db_cfg.get('shards')}).",
           f"- Recipe: `{cfg.get('recipe')}`.", ""]
