@@ -24,6 +24,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import convolve1d
+from scipy.signal import savgol_coeffs
 
 from napari_corefit.spectra.align import PEAK_SEARCH_EV, align_to_first_peak, first_peak, \
     resample_absolute
@@ -34,8 +36,8 @@ from napari_corefit.spectra.grids import ABSOLUTE_GRID, BROADENING_EV, SPECTRUM_
     EnergyGrid, area_normalise
 from napari_corefit.spectra.masks import Reason, first_reason, raw_reasons, reason_summary
 from napari_corefit.spectra.peaks import PEAK_DEFAULTS
-from napari_corefit.spectra.resolution import gaussian_broaden, matching_sigma
-from napari_corefit.spectra.smoothing import savgol_points, savgol_smooth
+from napari_corefit.spectra.resolution import matching_sigma
+from napari_corefit.spectra.smoothing import savgol_points
 
 __all__ = ["PreprocessConfig", "PreprocessResult", "Cancelled", "preprocess",
            "preprocess_signal", "ALIGNMENTS"]
@@ -233,6 +235,7 @@ class _Plan:
     grid: EnergyGrid
     extra_sigma: float
     config: PreprocessConfig
+    kernel: np.ndarray | None
 
     @property
     def e_crop(self):
@@ -284,7 +287,32 @@ def _plan(energy, config: PreprocessConfig) -> _Plan:
                          f"at least {need[0]:.1f}-{need[1]:.1f} eV is needed")
     c0 = max(0, int(np.floor((lo - lo_e) / step)))
     c1 = min(energy.size, int(np.ceil((hi - lo_e) / step)) + 1)
-    return _Plan(energy, step, window, c0, c1, grid, extra, config)
+    return _Plan(energy, step, window, c0, c1, grid, extra, config,
+                 _smoothing_kernel(extra, step, config))
+
+
+def _smoothing_kernel(sigma_ev, step, config):
+    """Resolution matching and Savitzky-Golay as one FIR kernel (both are convolutions).
+
+    One pass over the data instead of two. Away from the ends of the edge region (which only
+    the margin reaches) this equals ``savgol_smooth(gaussian_broaden(y))``; the Gaussian taps
+    are those of ``scipy.ndimage.gaussian_filter1d`` (truncated at 4 sigma).
+    """
+    kernel = None
+    if sigma_ev > 0:
+        sd = sigma_ev / step
+        radius = int(4.0 * sd + 0.5)
+        x = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (x / sd) ** 2)
+        kernel /= kernel.sum()
+    if config.savgol_window_ev:
+        n = savgol_points(config.savgol_window_ev, step)
+        if not 0 <= config.savgol_polyorder < n:
+            raise ValueError(f"savgol_polyorder must be in [0, {n}) for a {n}-point window, "
+                             f"got {config.savgol_polyorder}")
+        sg = savgol_coeffs(n, config.savgol_polyorder, use="conv")
+        kernel = sg if kernel is None else np.convolve(kernel, sg)
+    return kernel
 
 
 def _stage1(plan: _Plan, raw, given_fit=None):
@@ -314,12 +342,13 @@ def _stage1(plan: _Plan, raw, given_fit=None):
 
 def _window_sums(e_crop, step, y, a, b):
     """Sum of channels with a <= E < b per row (a, b per row), from a cumulative sum."""
-    cs = np.zeros((y.shape[0], y.shape[1] + 1))
-    np.cumsum(y, axis=-1, dtype=np.float64, out=cs[:, 1:])
+    # float32 is enough for a few hundred channels (relative error ~1e-5) and twice as fast
+    cs = np.zeros((y.shape[0], y.shape[1] + 1), np.float32)
+    np.cumsum(y, axis=-1, dtype=np.float32, out=cs[:, 1:])
     ia = np.clip(np.ceil((a - e_crop[0]) / step - 1e-6), 0, y.shape[1]).astype(np.int64)
     ib = np.clip(np.ceil((b - e_crop[0]) / step - 1e-6), 0, y.shape[1]).astype(np.int64)
     rows = np.arange(y.shape[0])
-    return cs[rows, ib] - cs[rows, ia]
+    return cs[rows, ib].astype(np.float64) - cs[rows, ia]
 
 
 def _powerlaw_integral(fit, a, b):
@@ -336,9 +365,9 @@ def _powerlaw_integral(fit, a, b):
 def _stage2(plan: _Plan, sub, fit, code):
     """Broadening, smoothing, first peak, alignment, edge counts, mask; (m, w) -> results."""
     cfg, grid, e = plan.config, plan.grid, plan.e_crop
-    y = gaussian_broaden(sub, plan.extra_sigma, plan.step)
-    if cfg.savgol_window_ev:
-        y = savgol_smooth(y, plan.step, cfg.savgol_window_ev, cfg.savgol_polyorder)
+    y = sub
+    if plan.kernel is not None:
+        y = convolve1d(sub, plan.kernel, axis=-1, mode="nearest", output=np.float32)
     alive = code == 0
     peaks = first_peak(e, y, cfg.peak_search_ev, cfg.peak_params)
     peaks = np.where(alive, peaks, np.nan)
