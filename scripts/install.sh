@@ -82,10 +82,18 @@ else
   pin=$TORCH_VERSION
 fi
 
-# the constraint keeps pip from replacing that torch while it resolves the package's requirements
-say "pip install -e .[test]"
-echo "torch==$pin" > "$VENV/torch-constraint.txt"
-"${PIP[@]}" install -q --progress-bar off -c "$VENV/torch-constraint.txt" -e ".[test]"
+# the constraint keeps pip from replacing that torch while it resolves the package's requirements;
+# the stamp skips pip's (slow) re-resolution when pyproject.toml has not changed since last time
+stamp="$VENV/.corefit-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) torch==$pin $(pwd)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$VENV/bin/python" -c "import napari_corefit" 2>/dev/null; then
+  say "napari-corefit[test] present (pyproject.toml unchanged)"
+else
+  say "pip install -e .[test]"
+  echo "torch==$pin" > "$VENV/torch-constraint.txt"
+  "${PIP[@]}" install -q --progress-bar off -c "$VENV/torch-constraint.txt" -e ".[test]"
+  echo "$want" > "$stamp"
+fi
 
 "$VENV/bin/corefit" --version
 say "done: activate with  . $VENV/bin/activate"
