@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,13 +302,20 @@ def read_xyz_bundle(path) -> list:
 
 
 def read_smiles_file(path, optimise="xtb") -> list:
-    """One SMILES per line, optionally followed by a name after a space; ``#`` starts a comment."""
-    out = []
+    """One SMILES per line, optionally followed by a name after a space.
+
+    A line starting with ``#``, or text after a ``#`` that follows whitespace, is a comment
+    (``#`` inside a SMILES is a triple bond). Repeated molecules are read once.
+    """
+    out, seen = [], set()
     for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+        line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
         if not line:
             continue
         parts = line.split(None, 1)
-        out.append(Molecule.from_smiles(parts[0], name=parts[1].strip() if len(parts) > 1
-                                        else None, optimise=optimise))
+        mol = Molecule.from_smiles(parts[0], name=parts[1].strip() if len(parts) > 1 else None,
+                                   optimise=optimise)
+        if mol.key not in seen:
+            seen.add(mol.key)
+            out.append(mol)
     return out

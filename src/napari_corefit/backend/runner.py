@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -36,6 +37,9 @@ def _on_alarm(signum, frame):
 def compute_record(molecule, recipe, timeout=None):
     """Worker task: compute one molecule and return ``(key, arrays)``; never raises."""
     t0 = time.perf_counter()
+    # SIGALRM works only in a main thread: Dask runs tasks in worker threads, where the cluster's
+    # own limits apply instead
+    timeout = timeout if threading.current_thread() is threading.main_thread() else None
     if timeout:
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.alarm(int(timeout))
@@ -83,6 +87,8 @@ class _Writer:
         self.attrs = attrs
         self.journals = {}
         self.shards = []
+        for stale in self.db_dir.glob(".*.h5.tmp"):
+            stale.unlink()  # a shard whose writer was killed before its rename: never data
 
     def add(self, key, arrays):
         sk = shard_key(key)

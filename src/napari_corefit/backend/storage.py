@@ -141,7 +141,8 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
     final = db_dir / f"{key}.p{n:03d}.h5"
     tmp = db_dir / f".{final.name}.tmp"
     records = sorted(records, key=lambda kr: kr[0])
-    metas = [a["meta"] for _, a in records]
+    metas = [a["meta"] if isinstance(a["meta"], dict) else json.loads(a["meta"].tobytes())
+             for _, a in records]
     with h5py.File(tmp, "w", libver="latest") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["recipe"] = json.dumps(recipe_dict, sort_keys=True)

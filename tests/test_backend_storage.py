@@ -1,0 +1,137 @@
+"""Database storage: crash safety (kill -9 and resume), Dask runner, CLI output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("pyscf")
+
+from napari_corefit.backend import Molecule, load_database  # noqa: E402
+from napari_corefit.backend.storage import journal_keys, shard_key  # noqa: E402
+
+SMILES = ["C", "CC", "C=C", "C#N", "CO", "C=O"]
+
+
+def _journal_count(db):
+    n = 0
+    for p in (Path(db) / ".journal").glob("*.sqlite"):
+        try:
+            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)
+            n += con.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            pass
+    return n + sum(h5py.File(p, "r").attrs["n_molecules"] for p in Path(db).glob("*.h5"))
+
+
+def _start(smiles_file, db):
+    cmd = [sys.executable, "-m", "napari_corefit.cli", "db", "build", "--smiles",
+           str(smiles_file), "-o", str(db), "--workers", "1", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_and_resume(tmp_path):
+    smiles_file = tmp_path / "mols.smi"
+    smiles_file.write_text("\n".join(f"{s} m{i}" for i, s in enumerate(SMILES)) + "\n")
+    db = tmp_path / "db"
+    # kill -9 after the first journalled molecule, after the third, and at a random moment
+    for target in (1, 3):
+        proc = _start(smiles_file, db)
+        t0 = time.time()
+        while _journal_count(db) < target and time.time() - t0 < 300:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        _kill(proc)
+        assert _journal_count(db) >= target
+    proc = _start(smiles_file, db)
+    time.sleep(4.0)
+    _kill(proc)
+    before = _journal_count(db)
+    proc = _start(smiles_file, db)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    table = load_database(db)
+    keys = list(table.molecules["key"])
+    assert len(keys) == len(set(keys)) == len(SMILES)
+    assert before <= len(SMILES)
+    assert not journal_keys(db)  # every shard finished, journals gone
+    assert table.sites["ok"].all()
+    # a rerun computes nothing
+    proc = _start(smiles_file, db)
+    _, err = proc.communicate(timeout=300)
+    assert b'"computed": 0' in err
+
+
+def test_dask_runner_matches_local(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from napari_corefit.backend.runner import build_database
+
+    mols = [Molecule.from_smiles(s, optimise="mmff") for s in ("C", "C#N")]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        stats = build_database(mols, tmp_path / "dask", scheduler=client, progress=False)
+    assert stats["computed"] == 2
+    local = build_database(mols, tmp_path / "local", workers=1, progress=False)
+    assert local["computed"] == 2
+    a, b = load_database(tmp_path / "dask"), load_database(tmp_path / "local")
+    order_a = np.argsort(a.molecules["key"][a.sites["molecule"]])
+    order_b = np.argsort(b.molecules["key"][b.sites["molecule"]])
+    np.testing.assert_allclose(a.sites["excitation_energy"][order_a],
+                               b.sites["excitation_energy"][order_b], atol=1e-3)
+
+
+def test_db_info_json(tiny_db):
+    out = subprocess.run([sys.executable, "-m", "napari_corefit.cli", "db", "info",
+                          str(tiny_db), "--json"], capture_output=True, check=True, text=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) >= 10
+    for key in ("molecule", "smiles", "atom_index", "multiplicity", "excitation_energy_ev",
+                "core_1s_ev", "hole_population", "status", "seconds"):
+        assert key in rows[0]
+    ethane = [r for r in rows if r["smiles"] == "CC"]
+    assert len(ethane) == 1 and ethane[0]["multiplicity"] == 2
+    assert all(r["status"] == "ok" for r in rows)
+    # 1s orbital energies of carbon, PBE: around -270 eV
+    assert all(-280 < r["core_1s_ev"] < -260 for r in rows)
+
+
+def test_shard_size_budget(tiny_table):
+    # SPEC: about 500 bytes per site once shards hold many molecules; the sticks alone
+    # must stay well under that
+    per_site = (tiny_table.spec_energy.size * 8 + tiny_table.dos_energy.size * 9) / \
+        tiny_table.n_sites
+    assert per_site < 500
+
+
+def test_corrupt_shard_gives_clear_error(tmp_path, tiny_db):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "qm9-000000-000999.p000.h5").write_bytes(b"not an hdf5 file" * 10)
+    with pytest.raises(OSError, match="not a readable database shard"):
+        load_database(bad)
+
+
+def test_shard_keys_are_deterministic():
+    assert shard_key("qm9:000999") == "qm9-000000-000999"
+    assert shard_key("qm9:001000") == "qm9-001000-001999"
+    assert shard_key("smiles:CCO") == shard_key("smiles:CCO")
