@@ -297,19 +297,33 @@ def _check_shape(signal, path: Path) -> None:
         )
 
 
+def _block_stats(block: np.ndarray) -> np.ndarray:
+    """Per spectrum: total of the finite counts, whether any value is NaN/Inf, negatives."""
+    finite = np.isfinite(block)
+    return np.stack(
+        [
+            np.where(finite, block, 0).sum(axis=-1, dtype=np.float64),
+            (~finite).any(axis=-1),
+            (block < 0).sum(axis=-1),
+        ],
+        axis=-1,
+    )
+
+
 def _survey_and_checks(signal, path: Path, notes: list) -> np.ndarray:
-    """Total counts per pixel and counts of NaN/Inf/negative values, in one pass over the data."""
+    """Total counts per pixel and counts of NaN/Inf/negative values, in one pass over the data.
+
+    Lazy data are read chunk by chunk (never whole); in-memory data in blocks of rows, so that
+    the temporaries stay small beside a large SI.
+    """
     data = signal.data
     if getattr(signal, "_lazy", False):
-        import dask
-        import dask.array as da
-
-        finite = da.isfinite(data)
-        survey = da.where(finite, data, 0).sum(axis=-1, dtype="float64")
-        bad = (~finite).any(axis=-1).sum()
-        negative = (data < 0).sum()
+        if data.numblocks[-1] > 1:  # each block must hold whole spectra
+            data = data.rechunk({data.ndim - 1: -1})
+        stats = data.map_blocks(_block_stats, chunks=data.chunks[:-1] + ((3,),),
+                                dtype=np.float64)
         try:
-            survey, bad, negative = dask.compute(survey, bad, negative)
+            stats = stats.compute()
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - a truncated file fails only when read
@@ -317,11 +331,15 @@ def _survey_and_checks(signal, path: Path, notes: list) -> np.ndarray:
                 file_message(path, f"reading the spectra failed (truncated or corrupt?): {exc}")
             ) from exc
     else:
-        data = np.asarray(data)
-        finite = np.isfinite(data)
-        survey = np.where(finite, data, 0).sum(axis=-1, dtype="float64")
-        bad = int((~finite).any(axis=-1).sum())
-        negative = int((data < 0).sum())
+        flat = np.asarray(data).reshape(-1, data.shape[-1])
+        rows = max(1, 2**22 // max(flat.shape[1], 1))  # ~16 MB of float32 per block
+        stats = np.concatenate(
+            [_block_stats(flat[i: i + rows]) for i in range(0, len(flat), rows)]
+            or [np.zeros((0, 3))]
+        ).reshape(data.shape[:-1] + (3,))
+    survey = stats[..., 0]
+    bad = int(stats[..., 1].sum())
+    negative = int(stats[..., 2].sum())
 
     n_pixels = int(np.prod(data.shape[:-1], dtype=int))
     if bad:
