@@ -238,3 +238,24 @@ def test_clean_file_gives_no_warning(si_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CorefitIOWarning)
         load_spectrum_image(si_file)
+
+
+def test_lazy_load_never_holds_the_whole_spectrum_image(tmp_path, si_file):
+    import tracemalloc
+
+    data = np.ones((64, 64, 512), dtype="float32")  # 8 MiB
+    big = hs.signals.Signal1D(data)
+    axis = big.axes_manager.signal_axes[0]
+    axis.units, axis.offset, axis.scale = "eV", 250.0, 0.1
+    path = tmp_path / "big.hspy"
+    big.save(path, chunks=(16, 16, 512))
+    del big
+    load_spectrum_image(si_file, lazy=True)  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        si = load_spectrum_image(path, lazy=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < data.nbytes / 2, f"peak {peak / 2**20:.1f} MiB while reading lazily"
+    np.testing.assert_array_equal(si.survey, np.full((64, 64), 512.0))
