@@ -125,3 +125,18 @@ def test_torch_gives_the_same_result():
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
     np.testing.assert_allclose(tfit.r.numpy(), fit.r, rtol=1e-12)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_out_in_place_and_input_dtypes():
+    e, y, _ = synthetic_si((3, 50), edge_counts=2000)  # several cache blocks and threads
+    ref, _ = remove_powerlaw_background(e, y)
+    np.testing.assert_allclose(remove_powerlaw_background(e, y.astype(np.float64))[0], ref,
+                               rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(remove_powerlaw_background(e, y.astype(np.uint16))[0], ref,
+                               rtol=1e-6, atol=1e-3)
+    buf = y.copy()
+    got, _ = remove_powerlaw_background(e, buf, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, ref)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        remove_powerlaw_background(e, y, out=np.empty(y.shape, np.float64))

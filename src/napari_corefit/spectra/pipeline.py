@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import convolve1d
+import scipy.fft
 from scipy.signal import savgol_coeffs
 
 from napari_corefit.spectra.align import PEAK_SEARCH_EV, align_to_first_peak, first_peak, \
@@ -315,6 +315,23 @@ def _smoothing_kernel(sigma_ev, step, config):
     return kernel
 
 
+def _convolve_rows(y, kernel):
+    """Convolve every row with an odd-length centred kernel; ends extended with their values.
+
+    Equal to ``scipy.ndimage.convolve1d(y, kernel, mode="nearest")`` to float32 rounding, but
+    through float32 FFTs, which for kernels of tens of taps is several times faster.
+    """
+    r = (kernel.size - 1) // 2
+    length = y.shape[-1]
+    padded = np.pad(y, ((0, 0), (r, r)), mode="edge")
+    n = scipy.fft.next_fast_len(padded.shape[-1] + kernel.size - 1, real=True)
+    spec = scipy.fft.rfft(padded, n, axis=-1, workers=-1)
+    spec *= scipy.fft.rfft(kernel, n).astype(np.complex64)
+    full = scipy.fft.irfft(spec, n, axis=-1, workers=-1)
+    # full[j] = sum_m kernel[m] padded[j - m]: sample i sits at padded i + r, centred at + r
+    return np.ascontiguousarray(full[:, 2 * r:2 * r + length], dtype=np.float32)
+
+
 def _stage1(plan: _Plan, raw, given_fit=None):
     """Raw checks, background fit and subtraction on the crop; rows (m, n) -> (m, w)."""
     code, _ = raw_reasons(raw)
@@ -365,9 +382,7 @@ def _powerlaw_integral(fit, a, b):
 def _stage2(plan: _Plan, sub, fit, code):
     """Broadening, smoothing, first peak, alignment, edge counts, mask; (m, w) -> results."""
     cfg, grid, e = plan.config, plan.grid, plan.e_crop
-    y = sub
-    if plan.kernel is not None:
-        y = convolve1d(sub, plan.kernel, axis=-1, mode="nearest", output=np.float32)
+    y = sub if plan.kernel is None else _convolve_rows(sub, plan.kernel)
     alive = code == 0
     peaks = first_peak(e, y, cfg.peak_search_ev, cfg.peak_params)
     peaks = np.where(alive, peaks, np.nan)
