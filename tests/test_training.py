@@ -137,3 +137,20 @@ def test_corefit_train_and_evaluate(tiny_db, tiny_table, tmp_path, capsys):
     # a model that does not exist is one clear error line, not a traceback
     assert corefit(["evaluate", "--model", str(tmp_path / "none"), "--db", str(tiny_db)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_path):
+    from napari_corefit.training.evaluate import evaluate_model
+    from napari_corefit.training.report import write_model_card
+    from napari_corefit.training.train import train_model
+
+    m = train_model(tiny_db, tmp_path / "m", n_members=2, table=tiny_table, progress=False,
+                    settings=TrainSettings(epochs=3, device="cpu"))
+    card = write_model_card(tiny_db, tmp_path / "m", tmp_path / "doc" / "MODEL_CARD.md",
+                            tmp_path / "doc" / "images")
+    text = card.read_text()
+    s = evaluate_model(m, tiny_table, split="test").summary
+    assert f"| {s['n_sites']} | {s['n_molecules']} | {s['mse_occupied']:.4g} |" in text
+    assert "(measured " + f"{s['cosine_median_unoccupied']:.3f}" in text
+    for png in ("model_examples_site.png", "model_training_curves.png"):
+        assert (tmp_path / "doc" / "images" / png).stat().st_size > 10_000
