@@ -210,6 +210,9 @@ def test_preprocess_signal_lazy_progress_and_cancel():
         preprocess_signal(s, chunk_pixels=6, cancel=lambda: True)
     pca = preprocess_signal(s, PreprocessConfig(pca_components=2), chunk_pixels=6)
     assert pca.spectra.shape == (5, 3, 160) and pca.mask.any()
+    one = preprocess_signal(s.inav[1, 2])
+    assert one.spectra.shape == (160,) and one.mask.shape == ()
+    np.testing.assert_array_equal(one.spectra, ref.spectra[2, 1])
     ax.units = "nm"
     with pytest.warns(UserWarning, match="not 'eV'"):
         preprocess_signal(s)

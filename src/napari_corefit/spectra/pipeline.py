@@ -92,7 +92,10 @@ class PreprocessConfig:
     pca_components : int or None
         Keep this many principal components over the usable pixels; None: off.
     min_edge_counts : float
-        Pixels whose edge counts ``N`` are below this are masked (LOW_COUNTS).
+        Pixels whose edge counts ``N`` are below this are masked (LOW_COUNTS). The default (30)
+        is about 5 Poisson standard deviations below the lowest noise level one would train
+        at (N = 100), so training at that level loses no rows to it; an engine may raise it to
+        the noise level of the model it has.
     min_edge_snr : float or None
         Pixels whose ``N`` is below this many Poisson standard deviations of the counts in the
         edge window (edge + background) are masked (NO_EDGE, no carbon); None: off.
@@ -110,7 +113,7 @@ class PreprocessConfig:
     savgol_window_ev: float | None = None
     savgol_polyorder: int = 2
     pca_components: int | None = None
-    min_edge_counts: float = 100.0
+    min_edge_counts: float = 30.0
     min_edge_snr: float | None = 3.0
 
     def __post_init__(self):
@@ -587,6 +590,7 @@ def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, ca
     energy = np.asarray(ax.axis, dtype=np.float64)
     plan = _plan(energy, config)
     data = signal.data
+    out_lead = tuple(data.shape[:-1])  # () for a single spectrum
     if data.ndim == 1:
         data = data[None]
     lead = tuple(data.shape[:-1])
@@ -605,4 +609,4 @@ def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, ca
     blocks = [(r0 * per_row, min(r0 + rows, lead[0]) * per_row,
                reader(r0, min(r0 + rows, lead[0]))) for r0 in range(0, lead[0], rows)]
     # with PCA on, _run keeps each block's edge region after the first read: no second read
-    return _run(plan, blocks, n_pix, lead, progress, cancel)
+    return _run(plan, blocks, n_pix, out_lead, progress, cancel)
