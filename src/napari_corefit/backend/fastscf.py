@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pyscf import dft
 
-__all__ = ["CachingNumInt", "make_ks"]
+__all__ = ["CachingNumInt", "make_ks", "xc_energy", "fine_grid_correction"]
 
 #: AO caches above this many bytes are not kept (the loop then recomputes, as PySCF does)
 MAX_CACHE_BYTES = 2_000_000_000
@@ -83,8 +83,48 @@ def make_ks(mol, recipe, unrestricted=False, share=None):
         if recipe.density_fit:
             mf.with_df = share.with_df
     else:
-        mf.grids.level = recipe.grid_level
+        mf.grids = make_grids(mol, recipe.grid_level)
         mf._numint = CachingNumInt()
         if recipe.density_fit:
             mf.with_df.build()  # three-centre integrals in memory (see module docstring)
     return mf
+
+
+def xc_energy(mf, dm, grids):
+    """Exchange-correlation energy of density matrix ``dm`` integrated on ``grids`` (no potential).
+
+    Only the density is evaluated, about half the cost of an SCF cycle's XC step.
+    """
+    ni = mf._numint
+    mol = mf.mol
+    dm = np.asarray(dm)
+    spin = 1 if dm.ndim == 3 else 0
+    xctype = ni._xc_type(mf.xc)
+    deriv = 0 if xctype == "LDA" else 1
+    exc_total = 0.0
+    dms = dm if spin else dm[None]
+    for ao, mask, weight, _ in ni.block_loop(mol, grids, mol.nao, deriv):
+        rho = [ni.eval_rho(mol, ao, d, mask, xctype, hermi=1) for d in dms]
+        rho = tuple(rho) if spin else rho[0]
+        exc = ni.eval_xc_eff(mf.xc, rho, deriv=0, xctype=xctype, spin=spin)[0]
+        den = sum(r[0] if xctype != "LDA" else r for r in (rho if spin else (rho,)))
+        exc_total += float(np.dot(den * weight, exc))
+    return exc_total
+
+
+def fine_grid_correction(mf, fine_grids):
+    """Energy change (Hartree) from moving the converged state's XC energy to ``fine_grids``.
+
+    The SCF converges on a coarse grid; the XC energy of its density is then re-integrated on a
+    fine grid. The error of this non-self-consistent step is second order in the (small)
+    density change between grids (measured in docs/backend.md).
+    """
+    dm = mf.make_rdm1()
+    return xc_energy(mf, dm, fine_grids) - xc_energy(mf, dm, mf.grids)
+
+
+def make_grids(mol, level):
+    g = dft.gen_grid.Grids(mol)
+    g.level = level
+    g.build(with_non0tab=True)
+    return g

@@ -24,10 +24,24 @@ def build_mol(molecule, recipe, excited=None):
     labels = {} if excited is None else {excited: f"{molecule.symbols[excited]}@1"}
     basis = {"default": recipe.basis}
     if excited is not None:
-        basis[labels[excited]] = recipe.core_basis
+        basis[labels[excited]] = core_basis(recipe.core_basis, molecule.symbols[excited])
     mol = gto.M(atom=molecule.pyscf_atoms(labels), basis=basis, unit="Angstrom", charge=0,
                 spin=0, verbose=0)
     return mol
+
+
+def core_basis(name, symbol):
+    """The excited atom's basis; ``"NAME+diffuse"`` adds aug-cc-pVDZ's diffuse shells to NAME.
+
+    (PySCF has no aug-cc-pCVDZ; the diffuse s, p, d shells of aug-cc-pVDZ are what the "aug-"
+    prefix adds.)
+    """
+    if not name.endswith("+diffuse"):
+        return name
+    base = gto.basis.load(name[: -len("+diffuse")], symbol)
+    aug = gto.basis.load("aug-cc-pVDZ", symbol)
+    plain = gto.basis.load("cc-pVDZ", symbol)
+    return base + [shell for shell in aug if shell not in plain]
 
 
 def run_ground_state(mol, recipe, dm0=None):

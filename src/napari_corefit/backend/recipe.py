@@ -27,13 +27,19 @@ class Recipe:
     functional: str = "PBE"
     #: uniform basis of the ground state that gives the site DOS
     basis: str = "6-31G*"
-    #: core-valence basis on the excited carbon (localises the hole; SPEC 1.3)
-    core_basis: str = "cc-pCVDZ"
+    #: core-valence basis on the excited carbon (localises the hole; SPEC 1.3), plus
+    #: aug-cc-pVDZ's diffuse s, p, d shells: without them the Rydberg-like final states inside
+    #: the window are missing and the broadened spectra change completely (median cosine 0.57,
+    #: benchmarks/bench_diffuse.py) at 1.2x the cost
+    core_basis: str = "cc-pCVDZ+diffuse"
     density_fit: bool = True
     #: None: PySCF's default auxiliary basis for the orbital basis
     auxbasis: str | None = None
-    #: DFT integration grid (PySCF level); level 1 moves first-transition energies < 0.002 eV
-    grid_level: int = 1
+    #: DFT integration grid of the SCF (PySCF level)
+    grid_level: int = 0
+    #: the converged states' XC energy is re-integrated on this grid (None: off); with
+    #: grid_level 0 this keeps energies within a few meV of level-1 SCFs (docs/backend.md)
+    energy_grid_level: int | None = 1
     conv_tol: float = 1e-6
     max_cycle: int = 60
     #: a hole whose Loewdin population on the target carbon is below this is a failure
@@ -47,7 +53,7 @@ class Recipe:
     #: spectrum sticks weaker than this fraction of the site's strongest stick are not stored
     min_spectrum_fraction: float = 2e-3
     #: version of the recipe's meaning; bump when a change makes old records incomparable
-    version: int = 1
+    version: int = 2
 
     def to_dict(self) -> dict:
         d = asdict(self)
