@@ -134,3 +134,18 @@ def test_ood_score_separates_unseen_shapes():
     assert np.mean(inside <= 1) > 0.95
     assert np.all(outside > 3)
     assert np.isnan(ood_score({}, train[:2])).all()
+
+
+def test_thread_count_does_not_change_results(ensemble):
+    x = _spectra(100, seed=4)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = predict_spectra(ensemble, x, device="cpu", batch_size=16)
+        torch.set_num_threads(2)
+        two = predict_spectra(ensemble, x, device="cpu", batch_size=16)
+        assert torch.get_num_threads() == 2  # restored after the threaded run
+    finally:
+        torch.set_num_threads(prev)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

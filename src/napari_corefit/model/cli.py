@@ -35,7 +35,7 @@ def add_parser(subparsers):
     p.add_argument("--model", metavar="DIR", help="model directory (default: the bundled one)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="spectra per forward pass (default 8192 on CPU, 131072 on CUDA)")
+                   help="spectra per forward pass (default 1024 on CPU, 131072 on CUDA)")
     p.add_argument("--chunk-pixels", type=int, default=32768, metavar="N",
                    help="pixels read and preprocessed at once (bounds memory; default 32768)")
     p.add_argument("--amp", choices=["off", "fp16", "bf16"], default="off",

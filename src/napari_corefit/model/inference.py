@@ -16,6 +16,7 @@ fallback, so that a benchmark or a batch job never runs on the wrong device unno
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,10 @@ __all__ = [
     "DEFAULT_BATCH",
 ]
 
-#: Spectra per forward pass. On the CPU, 8192 keeps the activations (~ members x 8192 x 600
-#: floats) in the last-level cache's neighbourhood; a GPU wants far larger batches to fill it.
-DEFAULT_BATCH = {"cpu": 8192, "cuda": 131072}
+#: Spectra per forward pass. On the CPU, 1024 keeps one batch's activations (1024 x 600 floats
+#: per member) in a core's cache and was fastest per core-second (46 k/s against 41 k/s at 8192,
+#: one thread, 5 members); a GPU wants far larger batches to fill it.
+DEFAULT_BATCH = {"cpu": 1024, "cuda": 131072}
 
 
 
@@ -192,16 +194,45 @@ def _check(cancel, progress, done, total, msg="predicting"):
         progress(done / max(total, 1), f"{msg} {done}/{total}")
 
 
-@torch.inference_mode()
 def _run_cpu(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
+    """Batches spread over ``torch.get_num_threads()`` Python threads, one torch thread each.
+
+    The network is small: one batch's matrix products are too short for torch's own threads to
+    pay for their synchronisation (on a busy machine they spin), whereas independent batches on
+    separate threads (torch releases the GIL) keep every core busy, each batch's activations in
+    its core's cache. Every batch is computed exactly as it would be alone, so the result does
+    not depend on the number of threads.
+    """
     n = x.shape[0]
-    for i0 in range(0, n, batch):
-        _check(cancel, progress, i0, n)
+    threads = max(1, torch.get_num_threads())
+
+    def work(i0):
         i1 = min(i0 + batch, n)
-        xb = torch.from_numpy(np.ascontiguousarray(x[i0:i1], dtype=np.float32))
-        m, s = _mean_std(members, xb, amp_dtype)
-        mean[i0:i1] = m.numpy().reshape(i1 - i0, 2, -1)
-        std[i0:i1] = s.numpy().reshape(i1 - i0, 2, -1)
+        with torch.inference_mode():
+            xb = torch.from_numpy(np.ascontiguousarray(x[i0:i1], dtype=np.float32))
+            m, s = _mean_std(members, xb, amp_dtype)
+            mean[i0:i1] = m.numpy().reshape(i1 - i0, *mean.shape[1:])
+            std[i0:i1] = s.numpy().reshape(i1 - i0, *std.shape[1:])
+
+    starts = range(0, n, batch)
+    if threads == 1 or len(starts) == 1:
+        for i0 in starts:
+            _check(cancel, progress, i0, n)
+            work(i0)
+    else:
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                pending = deque()
+                for i0 in starts:
+                    _check(cancel, progress, i0, n)
+                    pending.append(pool.submit(work, i0))
+                    while len(pending) >= 2 * threads:  # bounded work in flight
+                        pending.popleft().result()
+                while pending:
+                    pending.popleft().result()
+        finally:
+            torch.set_num_threads(threads)
     _check(None, progress, n, n)
 
 
