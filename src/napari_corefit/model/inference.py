@@ -473,18 +473,21 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
                     edge = getattr(res, "total_counts")
                 outs["edge_counts"][sl] = np.asarray(edge).reshape(lead)
                 good = np.flatnonzero(mask)
-                block = np.full((4, mask.size, n_out), np.nan, np.float32)
+                # the block's rows of each curve are contiguous: write through a (4, P, n) view
+                dos = outs["dos"][:, sl].reshape(4, mask.size, n_out)
+                assert np.may_share_memory(dos, outs["dos"]), "the block view must not copy"
+                dos[:, ~mask] = np.nan
                 ood = np.full(mask.size, np.nan, np.float32)
                 if good.size:
                     sub = _BlockProgress(progress, done, n_pix, mask.size)
-                    m, sd = predict_spectra(model, spectra[good], device=dev,
-                                            batch_size=batch_size, amp=amp, progress=sub,
-                                            cancel=cancel)
-                    block[0, good], block[1, good] = m[:, 0], m[:, 1]
-                    block[2, good], block[3, good] = sd[:, 0], sd[:, 1]
+                    x = spectra if good.size == mask.size else spectra[good]
+                    m, sd = predict_spectra(model, x, device=dev, batch_size=batch_size, amp=amp,
+                                            progress=sub, cancel=cancel)
+                    idx = slice(None) if good.size == mask.size else good
+                    dos[0, idx], dos[1, idx] = m[:, 0], m[:, 1]
+                    dos[2, idx], dos[3, idx] = sd[:, 0], sd[:, 1]
                     if ood_model:
-                        ood[good] = ood_score(ood_model, spectra[good])
-                outs["dos"][:, sl] = block.reshape((4,) + lead + (n_out,))
+                        ood[good] = ood_score(ood_model, x)
                 outs["ood"][sl] = ood.reshape(lead)
             _check(None, progress, n_pix, n_pix, "pixels")
     except BaseException:
