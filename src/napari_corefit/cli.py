@@ -35,10 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("napari_corefit"):
-                continue  # that part of the package is not written yet
-            raise
+                continue  # that part of the package is not installed
+            # a missing optional dependency disables only the commands that need it (a build
+            # machine may have PySCF but no napari or HyperSpy)
+            _missing[name] = exc.name
+            continue
         module.add_parser(sub)
     return parser
+
+
+_missing = {}
 
 
 def main(argv=None) -> int:
@@ -46,6 +52,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        for name, module in _missing.items():
+            print(f"(commands of {name} unavailable: missing Python module {module!r})",
+                  file=sys.stderr)
         return 0
     try:
         return int(args.func(args) or 0)
