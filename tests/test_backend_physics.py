@@ -97,3 +97,22 @@ def test_failed_site_is_recorded_not_raised():
     site = compute_core_hole(mol_, 0, recipe)
     assert site.status.startswith("failed:")
     assert np.isnan(site.excitation_energy)
+
+
+@pytest.mark.parametrize("stage", ["levelshift", "newton"])
+def test_fallback_stages_reach_the_same_state(stage):
+    """Each fallback solver alone converges CO's core hole to the DIIS energy (same state)."""
+    from napari_corefit.backend import corehole
+
+    mol_ = Molecule.from_smiles("[C-]#[O+]", optimise="mmff")
+    recipe = Recipe()
+    ref = compute_core_hole(mol_, 0, recipe)
+    chain = dict(corehole._fallback_stages(recipe))
+    original = corehole._fallback_stages
+    try:
+        corehole._fallback_stages = lambda r: [(stage, chain[stage])]
+        alt = compute_core_hole(mol_, 0, recipe)
+    finally:
+        corehole._fallback_stages = original
+    assert alt.status == "ok" and alt.stage == stage
+    assert alt.excitation_energy == pytest.approx(ref.excitation_energy, abs=2e-3)

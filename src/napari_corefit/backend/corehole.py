@@ -73,45 +73,64 @@ def localise_core_hole(mf, atom):
 
 
 def _mom_solve(mf, mo0, occ0, stages):
-    """Run the fallback chain; returns the converged mf, its stage name and total cycles."""
+    """Run the fallback chain; returns the converged mf, its stage name and total cycles.
+
+    Every stage restarts from the initial orbitals (a diverged density is a poor start) and
+    keeps MOM's reference to them, so the occupation stays the one that was set.
+    """
     cycles = 0
-    dm = mf.make_rdm1(mo0, occ0)
+    dm0 = mf.make_rdm1(mo0, occ0)
     for name, setup in stages:
-        setup(mf)
+        solver = setup(mf)
         # no extra unshifted diagonalisation inside the SCF: with a degenerate pi* pair it
         # rotates the pair and reports a converged state as not converged; the unshifted
         # orbitals are taken afterwards (compute_core_hole)
-        mf.conv_check = False
+        solver.conv_check = False
         counter = {"n": 0}
 
         def count(envs, counter=counter):
             counter["n"] += 1
 
-        mf.callback = count
-        mf.kernel(dm0=dm)
+        solver.callback = count
+        solver.kernel(dm0=dm0)
         cycles += counter["n"]
-        if mf.converged:
-            return mf, name, cycles
-        dm = mf.make_rdm1()
+        if solver.converged:
+            return solver, name, cycles
     return mf, "none", cycles
 
 
 def _fallback_stages(recipe):
+    """DIIS, then level shift with damping, then a stronger shift, then second order (SOSCF).
+
+    The share of sites each stage rescues is measured on the database itself (the stored
+    ``stage`` of every site; docs/backend.md).
+    """
+
     def plain(mf):
-        pass
+        return mf
 
     def shifted(mf):
         mf.level_shift = 0.3
         mf.damp = 0.3
         mf.max_cycle = 2 * recipe.max_cycle
+        return mf
 
-    def slow(mf):
+    def strong(mf):
         mf.level_shift = 0.8
         mf.damp = 0.5
         mf.diis_space = 12
         mf.max_cycle = 3 * recipe.max_cycle
+        return mf
 
-    return [("diis", plain), ("levelshift", shifted), ("strong-shift", slow)]
+    def second_order(mf):
+        mf.level_shift = 0
+        mf.damp = 0
+        solver = mf.newton()  # keeps the instance's MOM get_occ
+        solver.max_cycle = recipe.max_cycle
+        return solver
+
+    return [("diis", plain), ("levelshift", shifted), ("strong-shift", strong),
+            ("newton", second_order)]
 
 
 def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None):
