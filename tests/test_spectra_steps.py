@@ -139,3 +139,20 @@ def test_reason_codes():
     assert first_reason((Reason.NO_PEAK, [False, True]),
                         (Reason.NO_EDGE, [True, True])).tolist() == [6, 4]
     assert reason_summary(code) == {"OK": 1, "NONFINITE": 1, "NEGATIVE_TOTAL": 2}
+
+
+@pytest.mark.parametrize("step", [0.1, 0.05, 0.07])
+def test_alignment_fast_path_equals_interpolate_rows(step):
+    from napari_corefit.spectra.grids import interpolate_rows
+
+    rng = np.random.default_rng(3)
+    e = 275.0 + step * np.arange(int(45 / step))
+    y = rng.random((400, e.size)).astype(np.float32)
+    pk = rng.uniform(270.0, 310.0, 400)  # some grids run past either end of the data
+    pk[:3] = np.nan
+    pk[3], pk[4] = e[0] + 1.0, e[-1] - 14.9  # grids that end exactly on the data's ends
+    got = align_to_first_peak(e, y, pk, normalise=False)
+    found = np.isfinite(pk)
+    at = np.where(found, pk, e[0])[:, None] + SPECTRUM_GRID.values
+    ref = np.where(found[:, None], interpolate_rows(e, y, at), 0)
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
