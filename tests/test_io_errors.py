@@ -144,3 +144,10 @@ def test_image_stack_without_spectra_real_dm4():
                                              r"signal \(found: .*Signal2D"):
         load_spectrum_image(DATA / "dm4_stack_2x2x2.dm4")
 
+
+
+def test_decreasing_energy_axis(tmp_path):
+    path = saved(spectra(offset=300.0, scale=-0.1), tmp_path / "backwards.hspy")
+    with pytest.raises(CorefitIOError, match=r"backwards\.hspy: the energy axis has a "
+                                             r"non-positive step \(-0\.1 eV\)"):
+        load_spectrum_image(path)
