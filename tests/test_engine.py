@@ -166,3 +166,24 @@ def test_dos_features_windows_and_nan_rows():
     assert f["occ_lo"][0] == pytest.approx(1 / 3, abs=0.01)
     assert f["un"][0] == pytest.approx(1.0, abs=1e-3)
     assert all(np.isnan(v[1]) for v in f.values())
+
+
+def test_lowloss_corrections_reach_pixels_and_atoms(model):
+    from napari_corefit.model.inference import predict_spectra
+    from napari_corefit.spectra.lowloss import preprocess_with_lowloss
+
+    s, img, *_ = _si(shape=(4, 4))
+    # expected counts: exSpy's power-law extrapolation inside the deconvolution fails on noise
+    s.data[:] = synthetic_si((4, 4), edge_counts=600 + 3000 * img, noise=False)[1]
+    e_ll = -5.0 + 0.1 * np.arange(400)  # the same channel width as the core loss
+    zlp = np.exp(-0.5 * (e_ll / 0.3) ** 2) + 0.05 * np.exp(-0.5 * ((e_ll - 15) / 2.0) ** 2)
+    ll = hs.signals.Signal1D(np.broadcast_to(1e5 * zlp, (4, 4, 400)).astype(np.float32).copy())
+    ax = ll.axes_manager.signal_axes[0]
+    ax.offset, ax.scale, ax.units = e_ll[0], 0.1, "eV"
+    res = predict(s, model, adf=img, lowloss=ll, device="cpu", atoms=True,
+                  atom_options={"min_distance": 2})
+    assert res.info["lowloss"]["instrument_fwhm_ev"] == pytest.approx(0.3 * 2.3548, rel=0.1)
+    direct, _ = preprocess_with_lowloss(s, ll, PreprocessConfig())
+    m, _ = predict_spectra(model, direct.spectra, device="cpu")
+    np.testing.assert_allclose(res.occupied.data, m[..., 0, :], rtol=1e-5, atol=1e-7)
+    assert len(res.atoms_table) == 1 and res.atoms_table["usable"].all()

@@ -345,14 +345,14 @@ def _spectrum_image(source, adf, lowloss, lazy):
         return source
     if isinstance(source, (str, Path)):
         return load_spectrum_image(source, adf=adf, lowloss=lowloss, lazy=lazy)
-    return _SignalOnly(source, adf)
+    return _SignalOnly(source, adf, lowloss)
 
 
 class _SignalOnly:
     """Stand-in with the attributes the engine uses, for a bare signal (tests, notebooks)."""
 
-    def __init__(self, signal, adf=None):
-        self.signal, self.adf, self.lowloss, self.path = signal, adf, None, None
+    def __init__(self, signal, adf=None, lowloss=None):
+        self.signal, self.adf, self.lowloss, self.path = signal, adf, lowloss, None
 
     @property
     def image(self):
@@ -374,7 +374,7 @@ def _image_signal(si, nav):
 def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="auto",
             batch_size=None, amp=False, chunk_pixels=32768, atoms=False, atom_options=None,
             windows=None, sigma_max=0.5, ood_max=1.0, config=None, preprocess=None,
-            progress=None, cancel=None, store=None):
+            progress=None, cancel=None, store=None, lowloss_options=None):
     """Predict the site DOS of every pixel (and every atom column) of a spectrum image.
 
     Parameters
@@ -402,6 +402,10 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
         Default: the checkpoint's.
     preprocess : callable, optional
         Replaces :func:`napari_corefit.spectra.pipeline.preprocess` (tests).
+    lowloss_options : dict, optional
+        ``align``, ``deconvolve``, ``zlp_range`` for
+        :func:`napari_corefit.spectra.lowloss.preprocess_with_lowloss`, used when the SI comes
+        with a low-loss SI (pixels and the columns' summed spectra alike).
 
     Returns
     -------
@@ -447,7 +451,8 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
     pred = predict_signal(model, si.signal, config, device=device, batch_size=batch_size, amp=amp,
                           chunk_pixels=chunk_pixels, progress=pixel_progress, cancel=cancel,
                           store=store, preprocess=preprocess,
-                          block_hook=acc.add if acc is not None else None)
+                          block_hook=acc.add if acc is not None else None,
+                          lowloss=getattr(si, "lowloss", None), lowloss_options=lowloss_options)
 
     feats = _features_blockwise(pred, grid, windows, max(1, chunk_pixels // _row_size(nav)))
     quality = quality_flags(pred.mask, feats["sigma_rel"], pred.ood, sigma_max, ood_max)
@@ -474,7 +479,11 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
         energy = np.asarray(si.signal.axes_manager.signal_axes[0].axis, dtype=np.float64)
         n_ch = energy.size
         counts = acc.counts if acc.counts is not None else np.zeros((len(positions), n_ch))
-        res = preprocess(energy, counts, config)
+        if getattr(si, "lowloss", None) is not None:
+            res = _atoms_with_lowloss(si, labels, len(positions), counts, config,
+                                      lowloss_options)
+        else:
+            res = preprocess(energy, counts, config)
         mask = np.asarray(res.mask, bool)
         ain = np.asarray(res.spectra, np.float32)
         n_out = grid.n
@@ -499,9 +508,39 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
             "windows": windows, "sigma_max": sigma_max, "ood_max": ood_max,
             "quality_bits": QUALITY_BITS,
             "preprocess": config.to_dict() if hasattr(config, "to_dict") else str(config),
+            "lowloss": None if pred.lowloss is None else {
+                k: v for k, v in vars(pred.lowloss).items() if k != "shifts"},
             "source": str(getattr(si, "path", "") or "")}
     return EngineResult(*cubes, maps=maps, image=image, atoms_table=table, atoms_mean=am,
                         atoms_std=ast, atoms_input=ain, info=info, dos=pred.dos)
+
+
+def _atoms_with_lowloss(si, labels, n_atoms, counts, config, lowloss_options):
+    """Preprocess the columns' summed spectra with their summed low-loss spectra.
+
+    The low loss is summed over the same pixels, and both sums go through the same exSpy
+    corrections as the pixels (drift within one column's cell is not corrected first).
+    """
+    import hyperspy.api as hs
+
+    from napari_corefit.atoms.spectra import AtomSums
+    from napari_corefit.spectra.lowloss import preprocess_with_lowloss
+
+    ll = si.lowloss
+    ll_data = ll.data.compute() if hasattr(ll.data, "compute") else np.asarray(ll.data)
+    ll_sums = AtomSums(labels, n_atoms)
+    ll_sums.add(0, ll_data.shape[0], ll_data)
+
+    def as_signal(data, like):
+        src = like.axes_manager.signal_axes[0]
+        s = hs.signals.Signal1D(np.asarray(data, np.float64))
+        ax = s.axes_manager.signal_axes[0]
+        ax.name, ax.units, ax.offset, ax.scale = src.name, src.units, src.offset, src.scale
+        return s
+
+    res, _ = preprocess_with_lowloss(as_signal(counts, si.signal), as_signal(ll_sums.counts, ll),
+                                     config, **(lowloss_options or {}))
+    return res
 
 
 def _row_size(nav):

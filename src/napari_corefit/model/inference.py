@@ -312,6 +312,7 @@ class SignalPrediction:
     reason: np.ndarray
     edge_counts: np.ndarray
     ood: np.ndarray
+    lowloss: object = None
 
     @property
     def mean(self):
@@ -375,7 +376,7 @@ def _allocate(shape, dtype, store, name):
 
 def predict_signal(model, signal, config=None, device="auto", batch_size=None, amp=False,
                    chunk_pixels=32768, progress=None, cancel=None, store=None, preprocess=None,
-                   prefetch=True, block_hook=None):
+                   prefetch=True, block_hook=None, lowloss=None, lowloss_options=None):
     """Preprocess and predict every pixel of a spectrum image, block by block.
 
     Each block of rows (about ``chunk_pixels`` pixels) is read (computed, when the signal is
@@ -407,10 +408,18 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
     block_hook : callable(r0, r1, counts), optional
         Called with every block of raw counts (rows ``r0:r1`` of the first navigation axis), so
         that a caller can accumulate more from the same read (e.g. per-atom sums).
+    lowloss : hyperspy Signal1D, optional
+        Low-loss SI of the same scan: drift alignment, resolution from the zero-loss width and
+        Fourier-ratio deconvolution (:func:`napari_corefit.spectra.lowloss.
+        preprocess_with_lowloss`, in memory, whole image) before the model.
+    lowloss_options : dict, optional
+        ``align``, ``deconvolve``, ``zlp_range`` for that function.
 
     Returns
     -------
     SignalPrediction
+        With ``lowloss``, its ``lowloss`` attribute holds the
+        :class:`~napari_corefit.spectra.lowloss.LowLossCorrection`.
 
     Raises
     ------
@@ -421,11 +430,15 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
 
     preprocess = preprocess or _default_preprocess()
     config = _preprocess_config(model, config)
-    if getattr(config, "pca_components", None):
-        # PCA denoising mixes all pixels: preprocess the whole image first (its edge regions
-        # only), then predict block by block from the preprocessed spectra (the raw blocks are
-        # still read, for block_hook)
-        preprocess = _WholeImage(signal, config, progress, cancel)
+    lowloss_correction = None
+    if lowloss is not None or getattr(config, "pca_components", None):
+        # the low-loss corrections (exSpy, whole spectra of all pixels) and PCA denoising mix
+        # pixels: preprocess the whole image first, then predict block by block from the
+        # preprocessed spectra (the raw blocks are still read, for block_hook)
+        preprocess = _WholeImage(signal, config, progress, cancel, lowloss, lowloss_options)
+        lowloss_correction = preprocess.correction
+        if progress is not None:  # that took the first half of the progress range
+            progress = _Scaled(progress, 0.5, 0.5)
     energy = np.asarray(signal.axes_manager.signal_axes[0].axis, dtype=np.float64)
     data = signal.data
     if data.ndim == 1:
@@ -498,17 +511,32 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
         raise
     if signal.data.ndim == 1:
         outs = {k: (v[:, 0] if k == "dos" else v[0]) for k, v in outs.items()}
-    return SignalPrediction(**outs)
+    return SignalPrediction(**outs, lowloss=lowloss_correction)
+
+
+class _Scaled:
+    def __init__(self, progress, start, span):
+        self.progress, self.start, self.span = progress, start, span
+
+    def __call__(self, fraction, message):
+        self.progress(self.start + self.span * fraction, message)
 
 
 class _WholeImage:
     """A ``preprocess`` that answers each block from one whole-image preprocessing run."""
 
-    def __init__(self, signal, config, progress, cancel):
-        from napari_corefit.spectra.pipeline import preprocess_signal
-
+    def __init__(self, signal, config, progress, cancel, lowloss=None, lowloss_options=None):
         half = None if progress is None else (lambda f, m: progress(0.5 * f, m))
-        self.res = preprocess_signal(signal, config, progress=half, cancel=cancel)
+        self.correction = None
+        if lowloss is not None:
+            from napari_corefit.spectra.lowloss import preprocess_with_lowloss
+
+            self.res, self.correction = preprocess_with_lowloss(
+                signal, lowloss, config, progress=half, cancel=cancel, **(lowloss_options or {}))
+        else:
+            from napari_corefit.spectra.pipeline import preprocess_signal
+
+            self.res = preprocess_signal(signal, config, progress=half, cancel=cancel)
         self.row = 0
 
     def __call__(self, energy, counts, config):
