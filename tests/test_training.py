@@ -154,3 +154,24 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     assert "(measured " + f"{s['cosine_median_unoccupied']:.3f}" in text
     for png in ("model_examples_site.png", "model_training_curves.png"):
         assert (tmp_path / "doc" / "images" / png).stat().st_size > 10_000
+
+
+def test_savitzky_golay_models_see_smoothed_inputs(tiny_db, rows, tmp_path, capsys):
+    from napari_corefit.spectra.pipeline import PreprocessConfig
+
+    smooth, ok = make_inputs(rows, None, PreprocessConfig(savgol_window_ev=1.5))
+    clean = rows.clean
+    assert ok.all() and smooth.shape == clean.shape
+    diff = np.abs(smooth - clean).max(-1) / clean.max(-1)
+    assert np.median(diff) > 0.02  # smoothing changed the peaks ...
+    cos = (smooth * clean).sum(-1) / np.linalg.norm(smooth, axis=-1) / np.linalg.norm(clean,
+                                                                                       axis=-1)
+    assert cos.min() > 0.95  # ... but not the alignment
+    out = tmp_path / "sg"
+    assert corefit(["train", "--db", str(tiny_db), "--out", str(out), "--members", "1",
+                    "--epochs", "2", "--savgol-ev", "1.5", "--quiet"]) == 0
+    assert load_model(out).config["preprocess"]["savgol_window_ev"] == 1.5
+    capsys.readouterr()
+    assert corefit(["evaluate", "--model", str(out), "--db", str(tiny_db), "--split", "all",
+                    "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_unusable"] == 0

@@ -26,6 +26,9 @@ def add_parser(subparsers):
                    "(default)")
     p.add_argument("--signal-to-background", type=float, default=1.0, metavar="R",
                    help="edge / power-law background counts in the input window (noise only)")
+    p.add_argument("--savgol-ev", type=float, default=None, metavar="W",
+                   help="Savitzky-Golay smoothing window in eV (part of the preprocessing the "
+                   "model is trained for; off by default)")
     p.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")
     p.add_argument("--epochs", type=int, default=3000, help="maximum epochs per member")
     p.add_argument("--patience", type=int, default=100,
@@ -81,7 +84,12 @@ def _train(args):
                              threads=args.threads,
                              max_seconds=None if args.max_minutes is None else
                              60.0 * args.max_minutes)
-    train_model(args.db, args.out, level=args.level,
+    from napari_corefit.training.dataset import default_preprocess_config
+
+    pp = default_preprocess_config()
+    if args.savgol_ev is not None:
+        pp = type(pp).from_dict({**pp.to_dict(), "savgol_window_ev": args.savgol_ev})
+    train_model(args.db, args.out, level=args.level, preprocess_config=pp,
                 noise=_noise_model(args.noise, args.signal_to_background),
                 n_members=args.members, arch=args.arch, arch_options=options, split=args.split,
                 seed=args.seed, settings=settings, progress=not args.quiet)

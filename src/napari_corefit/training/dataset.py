@@ -192,7 +192,8 @@ def make_inputs(cs: CurveSet, noise: NoiseModel | None = None, preprocess_config
     noise : NoiseModel, optional
         None or ``counts=None``: the noise-free inputs.
     preprocess_config : PreprocessConfig, optional
-        The engine's preprocessing (default: its defaults).
+        The engine's preprocessing (default: its defaults). With Savitzky-Golay smoothing on,
+        noise-free inputs are made by the pipeline too (needs the absolute spectra).
     rng : numpy.random.Generator, optional
     input_grid : EnergyGrid
         Must equal the preprocessing's output grid.
@@ -204,7 +205,9 @@ def make_inputs(cs: CurveSet, noise: NoiseModel | None = None, preprocess_config
         False where the engine masked the pixel (e.g. no peak found in noise); such rows are
         zero and should be left out of that epoch.
     """
-    if noise is None or not noise.noisy:
+    smoothing = preprocess_config is not None and \
+        getattr(preprocess_config, "savgol_window_ev", None) is not None
+    if (noise is None or not noise.noisy) and not smoothing:
         return cs.clean, np.ones(len(cs), bool)
     if cs.absolute is None:
         raise ValueError("this CurveSet was built without a noise axis; pass noise_axis to "
@@ -217,11 +220,19 @@ def make_inputs(cs: CurveSet, noise: NoiseModel | None = None, preprocess_config
     # measured pixel is worth predicting; a simulated spectrum is known to hold its edge, and
     # dropping the rows that fluctuate low would bias training and tests at small N
     config = replace(preprocess_config, min_edge_counts=0.0, min_edge_snr=None)
-    rng = np.random.default_rng() if rng is None else rng
-    peak = np.where(np.isfinite(cs.peak), cs.peak, cs.reference)
-    counts = simulate_counts(cs.absolute, peak, noise, rng,
-                             window=(input_grid.start, input_grid.stop))
-    res = preprocess(noise.axis.values, counts, config)
+    if noise is None or not noise.noisy:
+        # noise-free but smoothed: the engine's smoothing changes peak shapes, so the clean
+        # spectra go through the same pipeline (nothing to subtract)
+        from napari_corefit.training.noise import NOISE_AXIS
+
+        axis = noise.axis if noise is not None else NOISE_AXIS
+        res = preprocess(axis.values, cs.absolute, replace(config, background=False))
+    else:
+        rng = np.random.default_rng() if rng is None else rng
+        peak = np.where(np.isfinite(cs.peak), cs.peak, cs.reference)
+        counts = simulate_counts(cs.absolute, peak, noise, rng,
+                                 window=(input_grid.start, input_grid.stop))
+        res = preprocess(noise.axis.values, counts, config)
     x = np.asarray(res.spectra, dtype=np.float32)
     if x.shape[-1] != input_grid.n:
         raise ValueError(f"preprocess gives {x.shape[-1]} points, the model input grid has "

@@ -99,14 +99,15 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
     in_grid = EnergyGrid.from_dict(cfg["input_grid"])
     out_grid = EnergyGrid.from_dict(cfg["output_grid"])
     sigma = float(cfg.get("broadening_ev", 0.5))
+    pp = preprocess_config_of(cfg)
     if rows is None:
+        need_absolute = noise.noisy or (pp is not None and pp.savgol_window_ev is not None)
         rows = build_curves(table, level=level, input_grid=in_grid, output_grid=out_grid,
-                            sigma=sigma, noise_axis=noise.axis if noise.noisy else None)
+                            sigma=sigma, noise_axis=noise.axis if need_absolute else None)
     rows = select_rows(rows, table, split, cfg)
     if len(rows) == 0:
         raise ValueError(f"no {level}-level rows in split {split!r} of this database")
-    x, usable = make_inputs(rows, noise, preprocess_config_of(cfg), np.random.default_rng(seed),
-                            input_grid=in_grid)
+    x, usable = make_inputs(rows, noise, pp, np.random.default_rng(seed), input_grid=in_grid)
     rows, x = rows.subset(usable), x[usable]
     dev = device or loaded.device
     ens = loaded.ensemble.to(dev)

@@ -43,7 +43,7 @@ def _log(msg, progress):
 
 def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp",
                 arch_options=None, split="random", seed=0, settings=None, progress=True,
-                table=None):
+                table=None, preprocess_config=None):
     """Train an ensemble on a database, evaluate it on its test molecules and save it.
 
     Parameters
@@ -68,6 +68,9 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     progress : bool
     table : SiteTable, optional
         Already loaded database (else loaded from ``db``).
+    preprocess_config : PreprocessConfig, optional
+        The engine's preprocessing the model is trained for (default: its defaults), e.g.
+        with Savitzky-Golay smoothing; stored in the checkpoint.
 
     Returns
     -------
@@ -81,9 +84,10 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     noise = noise or NoiseModel()
     if table is None:
         table = load_database(db)
-    pp = default_preprocess_config()
+    pp = preprocess_config or default_preprocess_config()
+    need_absolute = noise.noisy or pp.savgol_window_ev is not None
     rows = build_curves(table, level=level, input_grid=SPECTRUM_GRID, output_grid=DOS_GRID,
-                        sigma=BROADENING_EV, noise_axis=noise.axis if noise.noisy else None)
+                        sigma=BROADENING_EV, noise_axis=noise.axis if need_absolute else None)
     keys = np.asarray(table.molecules["key"]).astype(str)
     n_atoms = np.asarray(table.molecules["n_atoms"])
     eligible = np.zeros(len(keys), bool)
