@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GUI_MARKS, NM, SHAPE, write_si
+from widget_helpers import GUI_MARKS, NM, SHAPE, messages, process_widget, run_and_wait, write_si
 from qtpy.QtCore import Qt
 
 pytestmark = GUI_MARKS
 
 
-def _messages():
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records]
-
-
 def _process(viewer, qtbot, model_dir, path):
-    from napari_corefit.widgets import ProcessWidget
-
-    viewer.open(str(path), plugin="napari-corefit")
-    widget = ProcessWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Process spectrum image")
-    widget.model_source.value = "model folder"
-    widget.model_dir.value = model_dir
-    return widget
+    return process_widget(viewer, model_dir, path)
 
 
-def _run(widget, qtbot, timeout=120_000):
-    worker = widget.run()
-    assert worker is not None, widget.status.text()
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
-    return widget.last_outcome
+def _run(widget, qtbot):
+    return run_and_wait(widget, qtbot)
 
 
 def test_defaults_give_the_result_layers(make_napari_viewer, qtbot, tiny_model, si_path):
@@ -79,7 +63,7 @@ def test_defaults_give_the_result_layers(make_napari_viewer, qtbot, tiny_model, 
     # the viewer already showed the scan's survey image: no second copy
     assert sum(ly.name.startswith("scan survey") for ly in viewer.layers) == 1
     assert widget.progress_bar.value() == 1000
-    assert any("256 pixels" in m and "16 atom columns" in m for m in _messages())
+    assert any("256 pixels" in m and "16 atom columns" in m for m in messages())
 
 
 def test_second_run_replaces_layers_in_place(make_napari_viewer, qtbot, tiny_model, si_path):
@@ -125,7 +109,7 @@ def test_cancel_mid_run_leaves_no_layers(make_napari_viewer, qtbot, tiny_model, 
     assert [ly.name for ly in viewer.layers] == before
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
     assert "cancelled" in widget.status.text()
-    assert any("cancelled; no layers were added" in m for m in _messages())
+    assert any("cancelled; no layers were added" in m for m in messages())
     # the Cancel button: enabled while running, and a run started afterwards is not cancelled
     out = _run(widget, qtbot)
     assert out.result is not None and "scan atom columns" in viewer.layers
@@ -151,37 +135,37 @@ def test_failures_are_notified_with_their_cause(make_napari_viewer, qtbot, tiny_
     widget = ProcessWidget(viewer)
     # nothing open
     assert widget.run() is None
-    assert "no spectrum image" in _messages()[-1]
+    assert "no spectrum image" in messages()[-1]
     # a plain image is not a spectrum image
     viewer.add_image(np.zeros((5, 16, 16)), name="stack")
     widget.si_layer.value = viewer.layers["stack"]
     assert widget.run() is None
-    assert "'stack' is not a spectrum image" in _messages()[-1]
+    assert "'stack' is not a spectrum image" in messages()[-1]
     path, _ = write_si(tmp_path / "scan.hspy")
     viewer.open(str(path), plugin="napari-corefit")
     widget.si_layer.value = viewer.layers["scan SI"]
     # no model folder chosen (a fresh widget's folder field is empty)
     widget.model_source.value = "model folder"
-    assert widget.run() is None and "no model folder chosen" in _messages()[-1]
+    assert widget.run() is None and "no model folder chosen" in messages()[-1]
     # a folder that is not a model
     widget.model_dir.value = tmp_path
     out = _run(widget, qtbot)
-    assert out.error is not None and "missing config.json" in _messages()[-1]
+    assert out.error is not None and "missing config.json" in messages()[-1]
     # model mismatch: absolute alignment gives inputs the model was not trained for
     widget.model_dir.value = tiny_model
     widget.alignment.value = "absolute"
     out = _run(widget, qtbot)
-    assert "model mismatch" in _messages()[-1]
+    assert "model mismatch" in messages()[-1]
     widget.alignment.value = None
     # a background window outside the data
     widget.auto_window.value = False
     widget.window_lo.value, widget.window_hi.value = 100.0, 150.0
-    assert widget.run() is None and "outside the data" in _messages()[-1]
+    assert widget.run() is None and "outside the data" in messages()[-1]
     widget.auto_window.value = True
     # an ADF image of another scan
     viewer.add_image(np.zeros((8, 8)), name="other adf")
     widget.adf_layer.value = viewer.layers["other adf"]
-    assert widget.run() is None and "has shape (8, 8)" in _messages()[-1]
+    assert widget.run() is None and "has shape (8, 8)" in messages()[-1]
     assert not any(ly.name.startswith("scan occupied") for ly in viewer.layers)
 
 
@@ -192,7 +176,7 @@ def test_no_carbon_anywhere_is_reported(make_napari_viewer, qtbot, tiny_model, t
     widget.find_atoms.value = False
     out = _run(widget, qtbot)
     assert out.error is None
-    assert "no usable pixel" in _messages()[-1] and "no carbon" in _messages()[-1]
+    assert "no usable pixel" in messages()[-1] and "no carbon" in messages()[-1]
 
 
 def test_device_choices_show_what_torch_sees(make_napari_viewer):
