@@ -1,4 +1,4 @@
-"""Low-loss corrections (drift, resolution, Fourier-ratio) on a synthetic low-loss + core-loss pair."""
+"""Low-loss corrections (drift, resolution, Fourier ratio) on a synthetic low/core-loss pair."""
 
 import numpy as np
 import pytest

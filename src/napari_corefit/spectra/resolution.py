@@ -68,7 +68,8 @@ def matching_sigma(instrument_fwhm_ev, target_sigma_ev=BROADENING_EV):
     """
     fwhm = float(instrument_fwhm_ev)
     if not np.isfinite(fwhm) or fwhm < 0:
-        raise ValueError(f"instrument FWHM must be a finite number >= 0 eV, got {instrument_fwhm_ev}")
+        raise ValueError(f"instrument FWHM must be a finite number >= 0 eV, got "
+                         f"{instrument_fwhm_ev}")
     if not target_sigma_ev > 0:
         raise ValueError(f"target sigma must be > 0 eV, got {target_sigma_ev}")
     s_instr = float(fwhm_to_sigma(fwhm))
@@ -100,7 +101,8 @@ def gaussian_broaden(spectra, sigma_ev, step):
     --------
     >>> y = np.zeros(101); y[50] = 1.0
     >>> b = gaussian_broaden(y, 0.5, 0.1)
-    >>> round(float(b.sum()), 4), round(float(np.sqrt((b * (np.arange(101) - 50) ** 2).sum()) * 0.1), 3)
+    >>> width = np.sqrt((b * (np.arange(101) - 50) ** 2).sum()) * 0.1
+    >>> round(float(b.sum()), 4), round(float(width), 3)
     (1.0, 0.5)
     """
     y = np.asarray(spectra)
