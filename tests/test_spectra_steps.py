@@ -156,3 +156,15 @@ def test_alignment_fast_path_equals_interpolate_rows(step):
     at = np.where(found, pk, e[0])[:, None] + SPECTRUM_GRID.values
     ref = np.where(found[:, None], interpolate_rows(e, y, at), 0)
     np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+
+
+def test_spectra_imports_no_qt_napari_torch_or_hyperspy():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_corefit.spectra; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'torch', 'hyperspy', "
+            "'exspy'}); print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
