@@ -253,7 +253,7 @@ def main(argv=None):
 
     model_rows = []
     for dev in devices:
-        batches = [2048, 8192, 32768] if dev == "cpu" else [32768, 131072, 524288]
+        batches = [1024, 8192, 32768] if dev == "cpu" else [32768, 131072, 524288]
         n = args.model_spectra if dev == "cpu" else max(args.model_spectra, 1 << 21)
         amps = [False, "bf16"] if dev == "cpu" else [False, "fp16", "bf16"]
         model_rows += model_only(dev, args.members, n, batches, amps)
