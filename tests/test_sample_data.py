@@ -1,6 +1,7 @@
 """Synthetic sample generator, shipped sample files and ``corefit sample make``."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_corefit.backend.curves import absolute_site_spectra, site_dos
@@ -148,6 +149,9 @@ def test_file_round_trip_pairs_the_adf(sample, tmp_path):
     np.testing.assert_array_equal(t["symbol"], t0["symbol"])
     assert t["sample"]["database"]["path"] == "tiny"
     assert not list(tmp_path.glob(".*tmp*"))
+    csv = pd.read_csv(tmp_path / "s_truth.csv")
+    assert len(csv) == t["z"].size and (csv["element"][t["carbon"]] == "C").all()
+    np.testing.assert_allclose(csv["x_nm"], t["x_nm"])
 
 
 def test_shipped_samples():
@@ -163,7 +167,11 @@ def test_shipped_samples():
 
 
 def test_napari_sample_layers():
+    from napari.layers import Layer
+
     layers = napari_sample()
+    made = [Layer.create(*layer) for layer in layers]
+    assert made[-1].scale[0] == pytest.approx(0.02)
     kinds = [layer[2] for layer in layers]
     assert kinds.count("image") >= 2 and kinds[-1] == "points"
     pts = layers[-1][0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["SAMPLES", "sample_path", "load_sample", "napari_sample", "write_sample",
-           "read_truth", "truth_from_signal"]
+           "read_truth", "truth_from_signal", "truth_table"]
 
 #: names of the shipped samples (files ``<name>.hspy``)
 SAMPLES = ("corefit_sample", "corefit_sample_small")
@@ -43,11 +43,13 @@ def sample_path(name="corefit_sample"):
                             "`corefit sample make`")
 
 
-def write_sample(path, si, adf):
+def write_sample(path, si, adf, truth_csv=True):
     """Write the spectrum image and its ADF image into one ``.hspy`` file.
 
     The ADF goes in as a second experiment of the same HDF5 file, so that ``hs.load`` returns
-    both and the corefit reader pairs them without ``--adf``.
+    both and the corefit reader pairs them without ``--adf``. With ``truth_csv`` the atoms of
+    the truth also go to ``<stem>_truth.csv`` beside it (for reading without HyperSpy; the
+    spectra and DOS stay in the ``.hspy`` metadata).
     """
     import h5py
 
@@ -64,7 +66,25 @@ def write_sample(path, si, adf):
                 dst.copy(src[f"Experiments/{name}"], dst["Experiments"], name=name)
     finally:
         tmp.unlink(missing_ok=True)
+    if truth_csv:
+        truth_table(truth_from_signal(si)).to_csv(path.with_name(f"{path.stem}_truth.csv"),
+                                                  index=False)
     return path
+
+
+def truth_table(truth):
+    """The truth's atoms as a pandas DataFrame (one row per atom, H included)."""
+    import pandas as pd
+
+    n = truth["z"].size
+    carbon_row = np.full(n, -1)
+    carbon_row[truth["carbon"]] = np.arange(truth["carbon"].size)
+    return pd.DataFrame({
+        "atom": np.arange(n), "element": truth["symbol"], "y_px": truth["y_px"],
+        "x_px": truth["x_px"], "y_nm": truth["y_nm"], "x_nm": truth["x_nm"],
+        "molecule_key": truth["molecule_key"], "smiles": truth["smiles"],
+        "atom_index": truth["atom_index"], "site": truth["site"], "placement": truth["copy"],
+        "carbon_row": carbon_row})
 
 
 def truth_from_signal(signal):
@@ -125,7 +145,7 @@ def napari_sample():
     heavy = truth["z"] > 1
     scale = truth["sample"].get("settings", {}).get("pixel_nm", 1.0)
     pts = np.c_[truth["y_px"][heavy], truth["x_px"][heavy]]
-    layers.append((pts, {"name": "true atoms", "scale": (scale, scale), "size": 0.5,
+    layers.append((pts, {"name": "true atoms", "scale": (scale, scale), "size": 4,
                          "face_color": "transparent", "border_color": "yellow",
                          "properties": {"element": truth["symbol"][heavy]},
                          "visible": False}, "points"))
