@@ -10,7 +10,6 @@ import numpy as np
 
 from napari_corefit.spectra.grids import (BROADENING_EV, DOS_GRID, SPECTRUM_GRID, EnergyGrid,
                                           area_normalise, broaden_ragged, interpolate_rows)
-from napari_corefit.spectra.peaks import PEAK_DEFAULTS, find_first_peak
 
 __all__ = ["site_dos", "absolute_site_spectra", "relative_site_spectra", "site_spectra",
            "molecule_spectra", "molecule_dos"]
@@ -50,19 +49,48 @@ def absolute_site_spectra(table, energies, sigma=BROADENING_EV):
                           sigma, shifts=-table.sites["excitation_energy"].astype(np.float64))
 
 
+def _search(peak_search_ev, peak_params):
+    from napari_corefit.spectra.pipeline import PreprocessConfig
+
+    cfg = PreprocessConfig()
+    return (cfg.peak_search_ev if peak_search_ev is None else peak_search_ev,
+            cfg.peak_params if peak_params is None else peak_params)
+
+
 def site_spectra(table, grid=SPECTRUM_GRID, sigma=BROADENING_EV, peak_params=None,
-                 return_peaks=False):
+                 peak_search_ev=None, return_peaks=False, chunk=2048):
     """Noise-free model inputs: site spectra aligned on their first peak, area-normalised.
 
-    The first peak is found by :func:`find_first_peak` on the broadened spectrum, exactly as the
-    engine finds it on measured data (SPEC section 2).
+    The first peak is found on the absolute energy axis by the engine's own
+    :func:`napari_corefit.spectra.align.first_peak`, with the engine's search window and
+    detector parameters (defaults of :class:`PreprocessConfig`), so that training aligns exactly
+    as inference will (SPEC section 2).
+
+    Returns
+    -------
+    spectra : ndarray, shape (n_sites, grid.n)
+    peaks : ndarray, shape (n_sites,), optional
+        First-peak positions relative to each site's E_exc (eV); 0 where none was found.
     """
-    fine = relative_site_spectra(table, _FINE.values, sigma)
-    peaks = find_first_peak(_FINE.values, fine, **(peak_params or PEAK_DEFAULTS))
-    peaks = np.nan_to_num(peaks, nan=0.0)
-    y = interpolate_rows(_FINE.values, fine, grid.values[None, :] + peaks[:, None])
-    y = area_normalise(y, grid.step)
-    return (y, peaks) if return_peaks else y
+    from napari_corefit.spectra.align import first_peak
+
+    window, params = _search(peak_search_ev, peak_params)
+    e_exc = table.sites["excitation_energy"].astype(np.float64)
+    out = np.zeros((table.n_sites, grid.n))
+    rel_peaks = np.zeros(table.n_sites)
+    for a in range(0, table.n_sites, chunk):
+        idx = np.arange(a, min(a + chunk, table.n_sites))
+        sub = table.select(np.isin(np.arange(table.n_sites), idx))
+        lo = min(np.nanmin(e_exc[idx]) + _FINE.start, window[0] - 2.0)
+        hi = max(np.nanmax(e_exc[idx]) + _FINE.stop, window[1] + grid.stop + 2.0)
+        axis = np.arange(lo, hi, _FINE.step)
+        y = absolute_site_spectra(sub, axis, sigma)
+        peaks = first_peak(axis, y, window, params)
+        peaks = np.where(np.isnan(peaks), e_exc[idx], peaks)
+        out[idx] = interpolate_rows(axis, y, grid.values[None, :] + peaks[:, None])
+        rel_peaks[idx] = peaks - e_exc[idx]
+    out = area_normalise(out, grid.step)
+    return (out, rel_peaks) if return_peaks else out
 
 
 def _molecule_groups(table):
@@ -71,26 +99,33 @@ def _molecule_groups(table):
     return ids, [np.flatnonzero(mol == m) for m in ids]
 
 
-def molecule_spectra(table, grid=SPECTRUM_GRID, sigma=BROADENING_EV, peak_params=None):
+def molecule_spectra(table, grid=SPECTRUM_GRID, sigma=BROADENING_EV, peak_params=None,
+                     peak_search_ev=None):
     """Multiplicity-weighted molecular spectra, re-referenced to the molecule's first peak.
+
+    The first peak is found as in :func:`site_spectra` (the engine's detector and window).
 
     Returns
     -------
     molecule_ids : ndarray
     spectra : ndarray, shape (n_molecules, grid.n)
     """
+    from napari_corefit.spectra.align import first_peak
+
+    window, params = _search(peak_search_ev, peak_params)
     ids, groups = _molecule_groups(table)
     e_exc = table.sites["excitation_energy"].astype(np.float64)
     mult = table.sites["multiplicity"].astype(np.float64)
     out = np.zeros((ids.size, grid.n))
     for row, idx in enumerate(groups):
         e0 = np.nanmin(e_exc[idx])
-        axis = e0 + _FINE.values
+        axis = np.arange(min(e0 + _FINE.start, window[0] - 2.0),
+                         max(e0 + _FINE.stop, window[1] + grid.stop + 2.0), _FINE.step)
         sub = table.select(np.isin(np.arange(table.n_sites), idx))
         curves = absolute_site_spectra(sub, axis, sigma) * mult[idx, None]
         total = curves.sum(axis=0)
-        peak = find_first_peak(axis, total, **(peak_params or PEAK_DEFAULTS))
-        peak = axis[0] if np.isnan(peak) else peak
+        peak = first_peak(axis, total, window, params)
+        peak = e0 if np.isnan(peak) else peak
         out[row] = interpolate_rows(axis, total[None], grid.values + peak)[0]
     return ids, area_normalise(out, grid.step)
 
