@@ -27,6 +27,9 @@ __all__ = ["ProcessWidget", "Job", "run_job", "device_choices"]
 _MODEL_DEFAULT = "bundled default model"
 _MODEL_FOLDER = "model folder"
 _AS_TRAINED = "as trained (model)"
+#: default smallest distance of two atom columns, nm: about the probe size of an
+#: aberration-corrected STEM (columns closer than this are not resolved anyway)
+MIN_COLUMN_DISTANCE_NM = 0.06
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,8 +208,11 @@ class ProcessWidget(QWidget):
             ("Savitzky-Golay 0.7 eV", 0.7), ("Savitzky-Golay 1.0 eV", 1.0),
             ("Savitzky-Golay 1.5 eV", 1.5)])
         self.find_atoms = mw.CheckBox(label="", text="find atom columns", value=True)
-        self.min_distance = mw.SpinBox(label="min. column distance (px, 0 = auto)", value=0,
-                                       min=0, max=1000)
+        self.min_distance = mw.FloatSpinBox(
+            label="min. column distance (nm, 0 = auto)", value=MIN_COLUMN_DISTANCE_NM, min=0.0,
+            max=100.0, step=0.01,
+            tooltip="columns closer than this are taken as one (default: about the probe size "
+                    "of an aberration-corrected STEM); 0: from the image's periodicity")
         self.threshold_rel = mw.FloatSpinBox(label="column threshold (rel.)", value=0.2,
                                              min=0.0, max=1.0, step=0.05)
         self.sum_radius = mw.FloatSpinBox(label="sum radius (px, 0 = whole cell)", value=0.0,
@@ -327,8 +333,10 @@ class ProcessWidget(QWidget):
             window = (lo, hi)
         opts = {"threshold_rel": float(self.threshold_rel.value),
                 "sum_radius": float(self.sum_radius.value) or None}
-        if self.min_distance.value:
-            opts["min_distance"] = int(self.min_distance.value)
+        if self.min_distance.value and len(nav_shape) == 2:
+            px_nm = _pixel_nm(signal)
+            if px_nm is not None:
+                opts["min_distance"] = max(2, int(round(self.min_distance.value / px_nm)))
         return Job(source=source, signal=signal, base=base_name(si.name), adf=adf,
                    model_dir=model_dir, device=self.device.value, background_window=window,
                    alignment=self.alignment.value, smoothing=self.smoothing.value,
@@ -427,7 +435,7 @@ class ProcessWidget(QWidget):
         table = outcome.result.atoms_table
         atoms = "" if table is None else f", {len(table)} atom columns"
         msg = (f"{q.size} pixels, {usable} usable{atoms}, {outcome.seconds:.1f} s on "
-               f"{outcome.result.info.get('device')}")
+               f"{_device_name(job.device)}")
         self.status.setText(f"done: {msg}")
         if usable == 0:
             show_warning("napari-corefit: no usable pixel: " + _reason_summary(outcome.result))
@@ -455,6 +463,30 @@ class ProcessWidget(QWidget):
             QApplication.processEvents()
             time.sleep(0.01)
         return not self.running
+
+
+def _device_name(device):
+    from napari_corefit.model.inference import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except (RuntimeError, ValueError):
+        return str(device)
+
+
+def _pixel_nm(signal):
+    """The scan's pixel size in nm (the larger of y and x), or None without length units."""
+    import pint
+
+    ureg = pint.get_application_registry()
+    sizes = []
+    for a in signal.axes_manager.navigation_axes:
+        try:
+            sizes.append(float((float(a.scale) * ureg.Quantity(1.0, str(a.units))).to("nm")
+                               .magnitude))
+        except Exception:  # noqa: BLE001 - pint raises several kinds for unknown units
+            return None
+    return max(sizes) if sizes and all(v > 0 for v in sizes) else None
 
 
 def _reason_summary(result):
