@@ -9,7 +9,6 @@ the atom's Loewdin electron count.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 from pyscf import gto
 
 from napari_corefit.backend.fastscf import make_ks
@@ -77,7 +76,8 @@ def lowdin_weights(mf, mo_coeff=None):
     """Squared Loewdin coefficients, shape (nao, nmo): column j sums to 1."""
     s = mf.get_ovlp()
     c = mf.mo_coeff if mo_coeff is None else mo_coeff
-    s_half = scipy.linalg.sqrtm(s).real
+    evals, evecs = np.linalg.eigh(s)  # S is symmetric positive definite: S^1/2 by eigh
+    s_half = (evecs * np.sqrt(evals)) @ evecs.T
     return (s_half @ c) ** 2
 
 
