@@ -122,6 +122,15 @@ def test_widgets_open_through_the_plugin_manifest(make_napari_viewer):
                       ("Atom inspector", AtomInspector), ("Export results", ExportWidget)]:
         _, widget = viewer.window.add_plugin_dock_widget("napari-corefit", name)
         assert isinstance(widget, cls)
+    # and they sit in napari's menus too (Layers > Measure, File > IO utilities)
+    from napari._app_model import get_app_model
+
+    menus = get_app_model().menus
+    ids = {m: [getattr(i, "command", None) and i.command.id for i in menus.get_menu(m)]
+           for m in ("napari/layers/measure", "napari/file/io_utilities")}
+    assert {"napari-corefit.process_widget", "napari-corefit.inspector_widget"} <= set(
+        ids["napari/layers/measure"])
+    assert "napari-corefit.export_widget" in ids["napari/file/io_utilities"]
     # with no result yet, a click on the canvas is harmless
     inspector = next(w for w in viewer.window._dock_widgets.values()
                      if isinstance(w.widget(), AtomInspector)).widget()

@@ -301,13 +301,13 @@ def result_layer_data(run: CorefitRun, add_image=False, color_by=None):
 
 
 def _point_size(coords):
-    """Marker size (pixels): 0.6 of the median nearest-neighbour distance."""
+    """Marker size (pixels): 0.45 of the median nearest-neighbour distance."""
     if len(coords) < 2:
         return 2.0
     from scipy.spatial import cKDTree
 
     d, _ = cKDTree(coords).query(coords, k=2)
-    return float(np.clip(0.6 * np.median(d[:, 1]), 1.0, 50.0))
+    return float(np.clip(0.45 * np.median(d[:, 1]), 1.0, 50.0))
 
 
 def add_or_replace(viewer, layer_data):

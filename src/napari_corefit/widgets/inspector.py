@@ -52,6 +52,8 @@ class AtomInspector(BaseNapariMPLWidget):
         lower.setStretchFactor(1, 3)
         self.layout().addWidget(self.status)
         self.layout().addWidget(lower)
+        self.layout().setStretchFactor(self.canvas, 3)
+        self.layout().setStretchFactor(lower, 2)
         with _style(self):
             self.ax_input, self.ax_dos = self.figure.subplots(1, 2)
         self.canvas.setMinimumHeight(220)
