@@ -1,11 +1,13 @@
 """The whole chain on a synthetic sample: file -> preprocessing -> atoms -> model -> per-atom DOS.
 
-The model here is a tiny ensemble trained in the test on the tiny database (the same molecules
-the sample is built from, minus its random test split), so the DOS thresholds are modest ones
-that it meets with margin. Measured on this sample (training seeds 0, 1, 2): median cosine
-occupied 0.84, 0.75, 0.99, unoccupied 0.86, 0.83, 0.99; own-minus-other summed cosine 0.41, 0.20,
-1.1; atom recall and precision 1.0. The bundled model's figures are in
-benchmarks/results_end_to_end.md.
+The model is a tiny ensemble trained here, noise-free, on every site of the tiny database, and
+the sample is built from those same molecules: the in-distribution case, where a working chain
+must give back each atom's own DOS. Measured on this sample (dose 2e4 counts per carbon): atom
+recall and precision 1.0, median cosine 0.99 occupied and unoccupied, lowest 0.95 / 0.98; an
+under-trained model (20 epochs, which predicts about the average carbon DOS) gives medians of
+0.74-0.80, so the thresholds below tell the two apart. At a dose of 300 the median falls to about
+0.63 (this model never saw noise) and half of the carbon columns are masked (low counts). The
+bundled model's figures are in benchmarks/results_end_to_end.md.
 """
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from napari_corefit import engine
 from napari_corefit.sample_data import read_truth, sample_path, write_sample
 from napari_corefit.sample_data.generate import SampleSettings, make_sample
-from napari_corefit.sample_data.score import cosine, score_result
+from napari_corefit.sample_data.score import score_result
 
 #: the atom finder cannot estimate the column separation of isolated molecules (it looks for
 #: a lattice), so the chain is given it: 2 px = 0.04 nm, a third of the shortest bond
@@ -22,14 +24,30 @@ ATOMS = {"min_distance": 2}
 
 
 @pytest.fixture(scope="module")
-def model(tiny_db, tiny_table, tmp_path_factory):
-    from napari_corefit.training.loop import TrainSettings
-    from napari_corefit.training.train import train_model
+def model(tiny_table, tmp_path_factory):
+    import torch
 
+    from napari_corefit.model.checkpoint import fit_ood, load_model, save_model
+    from napari_corefit.model.network import default_arch
+    from napari_corefit.spectra.grids import DOS_GRID, SPECTRUM_GRID
+    from napari_corefit.training.dataset import (build_curves, default_preprocess_config,
+                                                 make_inputs)
+    from napari_corefit.training.loop import TrainSettings, train_ensemble
+
+    torch.manual_seed(0)
+    rows = build_curves(tiny_table, level="site")
+    pp = default_preprocess_config()
+    arch = default_arch("paper_mlp", SPECTRUM_GRID.n, DOS_GRID.n)
+    settings = TrainSettings(epochs=300, lr=1e-3, batch_size=8, patience=300, device="cpu",
+                             threads=1)
+    ens, _ = train_ensemble(arch, rows, rows, settings, n_members=2, preprocess_config=pp,
+                            progress=False)
+    x, ok = make_inputs(rows, None, pp, np.random.default_rng(0))
     out = tmp_path_factory.mktemp("e2e") / "model"
-    return train_model(tiny_db, out, n_members=2, table=tiny_table, progress=False,
-                       settings=TrainSettings(epochs=300, lr=1e-3, batch_size=8, patience=300,
-                                              device="cpu", threads=1))
+    save_model(out, ens, {"arch": arch, "input_grid": SPECTRUM_GRID.to_dict(),
+                          "output_grid": DOS_GRID.to_dict(), "preprocess": pp.to_dict(),
+                          "noise_counts": None}, ood=fit_ood(x[ok]))
+    return load_model(out)
 
 
 def _run(table, model, tmp_path, dose, seed=0, size=96):
@@ -47,52 +65,34 @@ def run(tiny_table, model, tmp_path_factory):
 
 def test_every_heavy_atom_is_found_once(run):
     truth, _, s = run
-    assert s["n_true"] >= 15
+    assert s["n_true"] >= 15 and s["n_found"] == s["n_true"]
     assert s["recall"] >= 0.95 and s["precision"] >= 0.95
     assert s["position_error_nm"] < 0.01  # a pixel is 0.02 nm
 
 
-def test_per_atom_dos_recovers_the_truth(run):
+def test_per_atom_dos_is_each_atoms_own(run):
     truth, result, s = run
-    assert s["n_carbon_scored"] >= 0.9 * s["n_carbon"]
-    # measured with this tiny model: 0.84 (occupied) and 0.86 (unoccupied), 0.75 / 0.83 with
-    # another training seed
-    assert s["median_cosine_occupied"] > 0.6
-    assert s["median_cosine_unoccupied"] > 0.6
-    # and it is each atom's own DOS that is recovered, not an average carbon: the prediction
-    # is closer to its own site's truth than to the truth of carbons of other sites
-    own, other = s["cosine_occupied"] + s["cosine_unoccupied"], []
-    pairs = _carbon_pairs(truth, result)
-    for k, f in pairs:
-        sites = truth["site"][truth["carbon"]]
-        others = np.flatnonzero(sites != sites[k])
-        pred = result.atoms_mean[f]
-        other.append(np.mean([cosine(pred[0], truth["dos"][j, 0])
-                              + cosine(pred[1], truth["dos"][j, 1]) for j in others]))
-    assert np.median(own) > np.median(other) + 0.1
-
-
-def _carbon_pairs(truth, result):
-    from napari_corefit.sample_data.score import match_atoms
-
-    table = result.atoms_table
-    carbon_yx = np.c_[truth["y_nm"], truth["x_nm"]][truth["carbon"]]
-    pairs = match_atoms(carbon_yx, np.c_[table["y_nm"], table["x_nm"]], 0.05)
-    return [(k, f) for k, f in pairs if table["usable"].iloc[f]]
+    assert s["n_carbon_scored"] == s["n_carbon"] >= 8
+    # measured 0.99 / 0.99 (an average-carbon prediction: 0.74-0.80)
+    assert s["median_cosine_occupied"] > 0.9
+    assert s["median_cosine_unoccupied"] > 0.9
+    # measured lowest 0.95 / 0.98
+    assert s["cosine_occupied"].min() > 0.8 and s["cosine_unoccupied"].min() > 0.8
 
 
 def test_dose_sets_the_edge_counts_and_low_dose_degrades(tiny_table, model, run, tmp_path):
     _, _, high = run
     _, _, low = _run(tiny_table, model, tmp_path, dose=300)
     # the engine measures N of an atom column at about 0.8 of the atom's dose (the input window
-    # holds most of the edge; the rest of the probe tail goes to neighbours' cells)
+    # holds most of the edge; a little of the probe tail goes to neighbours' cells)
     assert high["edge_counts_median"] == pytest.approx(0.8 * 2e4, rel=0.2)
     assert 0.4 * 300 < low["edge_counts_median"] < 300
     # the ADF finds the same atoms whatever the spectrum dose
     assert low["recall"] >= 0.95 and low["precision"] >= 0.95
+    # fewer usable columns and worse DOS (measured median cosine 0.63 against 0.99)
+    assert low["n_carbon_scored"] < high["n_carbon_scored"]
     both = np.r_[low["cosine_occupied"], low["cosine_unoccupied"]]
-    both_high = np.r_[high["cosine_occupied"], high["cosine_unoccupied"]]
-    assert np.median(both) < np.median(both_high)
+    assert np.median(both) < 0.9
 
 
 def test_predict_cli_on_the_shipped_small_sample(model, tmp_path):
@@ -107,3 +107,4 @@ def test_predict_cli_on_the_shipped_small_sample(model, tmp_path):
     table = pd.read_csv(tmp_path / "res_atoms.csv")
     truth = read_truth(sample_path("corefit_sample_small"))
     assert len(table) == int((truth["z"] > 1).sum())
+    assert table["usable"].sum() >= truth["carbon"].size
