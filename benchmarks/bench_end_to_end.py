@@ -1,4 +1,4 @@
-"""End-to-end accuracy on synthetic samples: atoms found and per-atom DOS against the truth, by dose.
+"""End-to-end accuracy on synthetic samples: atoms found, per-atom DOS against the truth, by dose.
 
     python benchmarks/bench_end_to_end.py                       # bundled model, data/db or tiny
     python benchmarks/bench_end_to_end.py --model DIR --db DIR --doses 300,3000,30000
@@ -149,7 +149,8 @@ HEADER = ("| dose (counts / C atom) | engine N per C column (median) | heavy ato
 def _row(dose, a):
     return (f"| {dose:g} | {np.nanmedian(a['edge']):.0f} | {a['n_true']} | "
             f"{min(a['recall']):.3f} | {min(a['precision']):.3f} | "
-            f"{a['scored']} / {a['n_carbon']} | {_q(a['cos_o'], .5):.3f} ({_q(a['cos_o'], .25):.3f})"
+            f"{a['scored']} / {a['n_carbon']} | "
+            f"{_q(a['cos_o'], .5):.3f} ({_q(a['cos_o'], .25):.3f})"
             f" | {_q(a['cos_u'], .5):.3f} ({_q(a['cos_u'], .25):.3f}) | "
             f"{a['seconds'] / len(a['recall']):.1f} |")
 
@@ -203,7 +204,8 @@ def main(argv=None):
             "",
             f"- Database: `{db}` ({table.n_molecules} molecules, {table.n_sites} sites).",
             f"- Model: {model_desc}; training noise N = {cfg.get('noise_counts')}; "
-            f"commit {cfg.get('commit')}; database {json.dumps(cfg.get('database', {}).get('path'))}.",
+            f"commit {cfg.get('commit')}; trained on database "
+            f"{json.dumps((cfg.get('database') or {}).get('path'))}.",
             f"- Samples: {args.size} x {args.size} px of 0.02 nm, probe FWHM 0.06 nm, "
             "250-330 eV in 0.2 eV channels, S/B 1 near a carbon, random molecule layout "
             f"(`make_sample`, seeds {args.seeds}: {len(seeds)} layouts per dose); atom finding "
