@@ -199,6 +199,23 @@ def alignment_check(table):
             "peak_off_0p1": float(np.mean(~(off <= 0.1))), "engine_masked": int((~res.mask).sum())}
 
 
+def mean_baseline(loaded, table, ev_test):
+    """Scores of the trivial predictor: the mean training DOS for every spectrum.
+
+    A model is only useful where it beats this; with a small database the margin is small.
+    """
+    from napari_corefit.training.dataset import build_curves
+    from napari_corefit.training.evaluate import select_rows
+    from napari_corefit.training.metrics import score
+
+    rows = build_curves(table, level=loaded.config.get("level", "site"))
+    train = select_rows(rows, table, "train", loaded.config)
+    mean = np.repeat(train.targets.mean(0, keepdims=True), len(ev_test.truth), axis=0)
+    summary, _ = score(mean, ev_test.truth)
+    summary.update(n_sites=ev_test.summary["n_sites"], n_molecules=ev_test.summary["n_molecules"])
+    return summary
+
+
 def _metrics_rows(summaries):
     head = ("| evaluation | sites | molecules | MSE occ. | MSE unocc. | MSE total | cos occ. "
             "median / p10 | cos unocc. median / p10 | peak ±0.5 eV | inside ±2σ |")
@@ -266,7 +283,9 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         else Path(p)  # noqa: E731
 
     ev_test = evaluate_model(m, table, split="test")
-    summaries = [("site level, test molecules (random split)", ev_test.summary)]
+    summaries = [("site level, test molecules (random split)", ev_test.summary),
+                 ("baseline: mean training DOS for every site, same test sites",
+                  mean_baseline(m, table, ev_test))]
     plot_examples(ev_test, images / "model_examples_site.png",
                   "Site level, held-out molecules: best / median / worst")
     if molecule_model:
