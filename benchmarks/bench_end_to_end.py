@@ -2,7 +2,8 @@
 
     python benchmarks/bench_end_to_end.py                       # bundled model, data/db or tiny
     python benchmarks/bench_end_to_end.py --model DIR --db DIR --doses 300,3000,30000
-    python benchmarks/bench_end_to_end.py --write-md benchmarks/results_end_to_end.md
+    python benchmarks/bench_end_to_end.py --write-md benchmarks/results_end_to_end.md \\
+        --plot benchmarks/results_end_to_end.png
 
 For every dose (carbon K-edge counts per carbon atom) and layout seed, a sample is generated
 from the database (:func:`napari_corefit.sample_data.generate.make_sample`), written as the
@@ -93,7 +94,44 @@ def ceiling(model, table, truth):
     return cosine(mean[:, 0], truth["dos"][:, 0]), cosine(mean[:, 1], truth["dos"][:, 1])
 
 
-def run(db, model, table, doses, seeds, size, min_distance, work):
+def plot_examples(truth, result, table, path, dose, n=4):
+    """True against predicted DOS of ``n`` carbon columns of distinct sites."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from napari_corefit.sample_data.score import match_atoms
+    from napari_corefit.spectra.grids import DOS_GRID
+
+    t = result.atoms_table
+    c_yx = np.c_[truth["y_nm"], truth["x_nm"]][truth["carbon"]]
+    pairs = match_atoms(c_yx, np.c_[t["y_nm"], t["x_nm"]], 0.05)
+    seen, chosen = set(), []
+    for k, f in pairs:
+        site = int(truth["site"][truth["carbon"][k]])
+        if site not in seen and t["usable"].iloc[f]:
+            seen.add(site)
+            chosen.append((k, f))
+    chosen = chosen[:n]
+    e = DOS_GRID.values
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 2.8), squeeze=False)
+    for ax, (k, f) in zip(axes[0], chosen):
+        a = truth["carbon"][k]
+        for c, colour, label in ((0, "tab:blue", "occupied"), (1, "tab:red", "unoccupied")):
+            ax.plot(e, truth["dos"][k, c], color=colour, lw=2, alpha=0.4, label=f"true {label}")
+            ax.plot(e, result.atoms_mean[f, c], color=colour, lw=1, label=f"predicted {label}")
+        ax.set_title(f"{truth['smiles'][a]} atom {truth['atom_index'][a]}", fontsize=9)
+        ax.set_xlabel("energy relative to E_F (eV)")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"per-atom site DOS from the synthetic SI (dose {dose:g} counts per carbon)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(db, model, table, doses, seeds, size, min_distance, work, plot=None):
     from napari_corefit import engine
     from napari_corefit.sample_data import read_truth, write_sample
     from napari_corefit.sample_data.generate import SampleSettings, make_sample
@@ -129,6 +167,8 @@ def run(db, model, table, doses, seeds, size, min_distance, work):
             acc["base_o"].extend(cosine(mean[0], truth["dos"][:, 0]))
             acc["base_u"].extend(cosine(mean[1], truth["dos"][:, 1]))
             path.unlink()
+            if plot and seed == seeds[0] and dose == plot[1]:
+                plot_examples(truth, res, table, plot[0], dose)
         rows.append((dose, acc))
         print(_row(dose, acc), flush=True)
     return rows
@@ -167,6 +207,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--min-distance", type=int, default=2)
     p.add_argument("--write-md", default=None, metavar="FILE.md")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="true and predicted DOS of a few atoms (first seed, --plot-dose)")
+    p.add_argument("--plot-dose", type=float, default=10000)
     args = p.parse_args(argv)
 
     from napari_corefit.backend import load_database
@@ -180,7 +223,8 @@ def main(argv=None):
     print(f"database {db}: {table}; model {model_desc}")
     print(HEADER)
     t0 = time.perf_counter()
-    rows = run(db, model, table, doses, seeds, args.size, args.min_distance, work)
+    rows = run(db, model, table, doses, seeds, args.size, args.min_distance, work,
+               plot=(args.plot, args.plot_dose) if args.plot else None)
     ceil_o = rows[-1][1]["ceil_o"]
     ceil_u = rows[-1][1]["ceil_u"]
     ceiling_line = (f"| ceiling (noise-free site spectra, no image) | - | - | - | - | "
@@ -222,6 +266,8 @@ def main(argv=None):
             ceiling_line,
             baseline_line,
             "",
+            *([f"Examples (first layout, dose {args.plot_dose:g}): "
+               f"![true and predicted DOS]({Path(args.plot).name})", ""] if args.plot else []),
             "The ceiling row is the model alone on noise-free site spectra: the gap between it "
             "and a dose row is what the image, background and noise cost. The baseline row is "
             "what predicting one average carbon DOS for every atom would score: a model is "
