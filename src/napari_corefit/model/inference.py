@@ -172,7 +172,10 @@ def predict_spectra(model, spectra, device="auto", batch_size=None, amp=False, p
             mean = np.empty((n, 2, n_out), np.float32)
             std = np.empty((n, 2, n_out), np.float32)
         else:
-            mean, std = (o.reshape(n, 2, n_out) for o in out)
+            mean, std = out
+            if mean.shape != (n, 2, n_out) or std.shape != (n, 2, n_out):
+                raise ValueError(f"out arrays must have shape {(n, 2, n_out)}, got "
+                                 f"{mean.shape} and {std.shape}")
         runner = _run_cuda if dev.type == "cuda" else _run_cpu
         runner(members, x, mean, std, dev, batch, amp_dtype, progress, cancel)
     finally:
@@ -330,15 +333,19 @@ CURVES = ("occupied", "unoccupied", "occupied_std", "unoccupied_std")
 
 
 def _row_blocks(data, chunk_pixels):
-    """(start, stop) row ranges along axis 0, aligned to dask chunks when the data is lazy."""
+    """(start, stop) row ranges along axis 0, aligned to dask chunks when the data is lazy.
+
+    Blocks are whole dask chunks when a chunk holds at most ``chunk_pixels`` pixels, so that no
+    chunk is read (decompressed) twice; larger chunks are read in parts, so memory stays bounded.
+    """
     n_rows = data.shape[0]
     row_pixels = int(np.prod(data.shape[1:-1], dtype=np.int64)) or 1
     rows = max(1, int(chunk_pixels) // row_pixels)
     chunks = getattr(data, "chunks", None)
     if chunks is not None and isinstance(chunks[0], tuple) and len(chunks[0]) > 1:
-        # whole dask chunks per block, so that no chunk is read (decompressed) twice
         c = chunks[0][0]
-        rows = max(c, (rows // c) * c)
+        if c <= rows:
+            rows = (rows // c) * c
     return [(r0, min(r0 + rows, n_rows)) for r0 in range(0, n_rows, rows)]
 
 
