@@ -23,7 +23,12 @@ def test_defaults_give_the_result_layers(make_napari_viewer, qtbot, tiny_model, 
     widget = _process(viewer, qtbot, tiny_model, si_path)
     # defaults: the reader's SI layer is picked, no setting touched except the model folder
     assert widget.si_layer.value.name == "scan SI"
+    widget.chunk_pixels = 32  # 8 blocks: several progress reports
+    shown = []  # what the GUI thread saw while the worker ran: the viewer stayed responsive
+    widget.progressed.connect(lambda f, m: shown.append((f, widget.running)))
     outcome = _run(widget, qtbot)
+    fractions = [f for f, running in shown if running and f >= 0]
+    assert len(fractions) > 3 and fractions == sorted(fractions) and fractions[-1] <= 1.0
     assert outcome.error is None and not outcome.cancelled, outcome.error
     res = outcome.result
     names = [ly.name for ly in viewer.layers]
@@ -192,3 +197,41 @@ def test_device_choices_show_what_torch_sees(make_napari_viewer):
     text = widget.device.native.itemText(0)
     assert text.startswith("auto (CUDA: " if n_gpu else "auto (CPU: torch sees no CUDA GPU")
     assert widget.device.value == "auto"
+
+
+def test_line_scan_gives_one_row_layers(make_napari_viewer, qtbot, tiny_model, tmp_path):
+    import hyperspy.api as hs
+
+    from napari_corefit.widgets import AtomInspector
+
+    path, counts = write_si(tmp_path / "full.hspy")
+    line = hs.load(path).inav[:, 5]  # row 5: a 16-pixel line scan
+    line.save(tmp_path / "line.hspy")
+    viewer = make_napari_viewer()
+    widget = _process(viewer, qtbot, tiny_model, tmp_path / "line.hspy")
+    inspector = AtomInspector(viewer)
+    out = _run(widget, qtbot)
+    assert out.error is None, out.error
+    assert out.result.atoms_table is None  # no columns in a line scan
+    dos = viewer.layers["line occupied DOS (1/eV)"]
+    assert dos.data.shape == (300, 1, 16)
+    np.testing.assert_array_equal(np.asarray(dos.data)[:, 0, 7], out.result.occupied.data[7])
+    assert viewer.layers["line LUMO peak (eV rel. E_F)"].data.shape == (1, 16)
+    assert "line atom columns" not in viewer.layers
+    assert inspector.show_world((0.0, 1.0 + NM * 7)) == ("pixel", 0, 7)  # y: a unit axis
+    np.testing.assert_array_equal(inspector.plotted["occupied"], out.result.occupied.data[7])
+
+
+def test_model_choice_follows_the_installation(make_napari_viewer):
+    from napari_corefit.widgets import ProcessWidget
+    from napari_corefit.widgets.process import bundled_model_present
+
+    n = len(messages())
+    widget = ProcessWidget(make_napari_viewer())
+    if bundled_model_present():
+        assert widget.model_source.value == "bundled default model"
+        assert widget.model_dir.native.isHidden()
+    else:  # said once, and the folder picker is offered
+        assert widget.model_source.value == "model folder"
+        assert any("no bundled model" in m for m in messages()[n:])
+        assert not widget.model_dir.native.isHidden()

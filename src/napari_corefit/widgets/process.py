@@ -381,6 +381,8 @@ class ProcessWidget(QWidget):
 
     def request_cancel(self):
         """Ask the running engine to stop at its next check (safe from any thread)."""
+        if self._cancel.is_set():
+            return
         self._cancel.set()
         self._relay.progressed.emit(-1.0, "cancelling")
 
@@ -453,6 +455,11 @@ class ProcessWidget(QWidget):
                     str(ly.metadata.get("path")) == str(path):
                 return True
         return False
+
+    def closeEvent(self, event):  # a closed widget leaves no engine running
+        if self.running:
+            self.request_cancel()
+        super().closeEvent(event)
 
     def wait(self, timeout=60.0):
         """Block (processing Qt events) until the running worker finished (scripts, tests)."""
