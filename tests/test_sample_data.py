@@ -31,6 +31,16 @@ def test_projection_keeps_a_planar_molecule(tiny_table):
     np.testing.assert_allclose(dists(p), dists(np.asarray(xyz)), atol=1e-6)
 
 
+def test_molecules_with_overlapping_projected_atoms_are_left_out(tiny_table):
+    from napari_corefit.sample_data.generate import usable_molecules
+
+    smiles = np.array([str(s) for s in tiny_table.molecules["smiles"]])
+    assert len(usable_molecules(tiny_table)) == len(smiles)
+    # heavy atoms 0.116 nm apart (C#N) count as overlapping at 0.12 nm; C-C (0.15 nm) does not
+    kept = set(smiles[usable_molecules(tiny_table, min_projected_nm=0.12)])
+    assert "C#N" not in kept and "CC#N" not in kept and "CC" in kept and "C" in kept
+
+
 def test_every_carbon_uses_its_symmetry_class_record(tiny_table):
     rows = carbon_site_rows(tiny_table)
     ethane = [str(s) for s in tiny_table.molecules["smiles"]].index("CC")

@@ -120,15 +120,26 @@ def carbon_site_rows(table):
     return rows
 
 
-def usable_molecules(table):
-    """Molecules whose every carbon has a usable site record (and that have a carbon)."""
+def usable_molecules(table, min_projected_nm=0.1):
+    """Molecules whose every carbon has a usable site record (and that have a carbon).
+
+    Molecules whose projection puts two heavy atoms closer than ``min_projected_nm`` are left
+    out: such atoms stand on top of each other in the image (a puckered ring seen edge-on), and
+    no atom-resolved measurement tells them apart.
+    """
     rows = carbon_site_rows(table)
     out = []
     for m in range(table.n_molecules):
-        symbols, _ = table.molecule_atoms(m)
-        carbons = [i for i, s in enumerate(symbols) if str(s) == "C"]
-        if carbons and all((m, i) in rows for i in carbons):
-            out.append(m)
+        symbols, coords = table.molecule_atoms(m)
+        symbols = np.array([str(s) for s in symbols])
+        carbons = np.flatnonzero(symbols == "C")
+        if not carbons.size or not all((m, int(i)) in rows for i in carbons):
+            continue
+        heavy = project_to_plane(coords)[symbols != "H"] / 10.0
+        d = np.linalg.norm(heavy[:, None] - heavy[None], axis=-1)
+        if heavy.shape[0] > 1 and d[np.triu_indices(len(heavy), 1)].min() < min_projected_nm:
+            continue
+        out.append(m)
     return np.array(out, dtype=np.int64)
 
 
