@@ -135,3 +135,21 @@ def test_shard_keys_are_deterministic():
     assert shard_key("qm9:000999") == "qm9-000000-000999"
     assert shard_key("qm9:001000") == "qm9-001000-001999"
     assert shard_key("smiles:CCO") == shard_key("smiles:CCO")
+
+
+def test_flush_while_a_build_runs_loses_nothing(tmp_path):
+    from napari_corefit.backend.storage import flush_journals
+
+    smiles_file = tmp_path / "mols.smi"
+    # one shard key for all: flushing must not pull the journal from under the running writer
+    smiles_file.write_text("\n".join(SMILES) + "\n")
+    db = tmp_path / "db"
+    proc = _start(smiles_file, db)
+    t0 = time.time()
+    while _journal_count(db) < 2 and time.time() - t0 < 300 and proc.poll() is None:
+        time.sleep(0.05)
+    flush_journals(db)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    keys = list(load_database(db).molecules["key"])
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == len(SMILES)

@@ -103,8 +103,9 @@ class _Writer:
         j = self.journals[sk]
         have = j.keys() | finished_keys(self.db_dir, sk)
         if self.groups.get(sk, set()) <= have:
-            self.shards += flush_journals(self.db_dir, self.recipe.to_dict(), only={sk})
-            self.journals.pop(sk, None)
+            self.journals.pop(sk).close()
+            self.shards += flush_journals(self.db_dir, self.recipe.to_dict(), only={sk},
+                                          delete=True)
 
     def finish_complete_groups(self):
         # groups whose molecules were all done before this build started
@@ -180,7 +181,7 @@ def build_database(molecules, db_dir, recipe=None, workers=None, threads=None, t
             bar.close()
         writer.close()
         if flush_at_end:
-            writer.shards += flush_journals(db_dir, recipe.to_dict())
+            writer.shards += flush_journals(db_dir, recipe.to_dict(), delete=True)
     stats["shards"] = [str(p) for p in writer.shards]
     stats["seconds"] = time.perf_counter() - t_start
     return stats

@@ -221,11 +221,14 @@ def journal_keys(db_dir) -> set:
     return keys
 
 
-def flush_journals(db_dir, recipe_dict=None, only=None) -> list:
+def flush_journals(db_dir, recipe_dict=None, only=None, delete=False) -> list:
     """Turn journal records into new shard parts (e.g. before committing a running build).
 
     Records are removed from a journal only after their shard has been renamed into place; a
-    crash in between leaves duplicates that :func:`load_database` drops, never a loss.
+    crash in between leaves duplicates that :func:`load_database` drops, never a loss. The
+    journal files themselves are deleted only with ``delete=True``, which only the build that
+    owns them may ask for: a running build may still be writing into a journal that another
+    process flushes.
     """
     written = []
     done = finished_keys(db_dir)
@@ -233,12 +236,16 @@ def flush_journals(db_dir, recipe_dict=None, only=None) -> list:
         if only is not None and p.stem not in only:
             continue
         j = Journal(db_dir, p.stem)
-        recs = [(k, a) for k, a in j.records() if k not in done]
+        records = j.records()
+        recs = [(k, a) for k, a in records if k not in done]
         recipe = recipe_dict or j.info().get("recipe")
         if recs:
             written.append(write_shard(db_dir, p.stem, recs, recipe, j.info().get("attrs")))
-        j.remove([k for k, _ in j.records()])
-        j.delete()
+        j.remove([k for k, _ in records])
+        if delete and not j.keys():
+            j.delete()
+        else:
+            j.close()
     return written
 
 
