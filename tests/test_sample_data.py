@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from napari_corefit.backend.curves import absolute_site_spectra, site_dos
-from napari_corefit.sample_data import (load_sample, napari_sample, read_truth, sample_path,
-                                        truth_from_signal, write_sample)
+from napari_corefit.sample_data import (load_sample, napari_sample, napari_sample_small,
+                                        read_truth, sample_path, truth_from_signal,
+                                        write_sample)
 from napari_corefit.sample_data.generate import (SampleSettings, arrange_molecules,
                                                  carbon_site_rows, make_sample,
                                                  project_to_plane)
@@ -187,6 +188,9 @@ def test_napari_sample_layers():
     pts = layers[-1][0]
     t = read_truth(sample_path())
     assert len(pts) == int((t["z"] > 1).sum())
+    small = napari_sample_small()
+    assert len(small[-1][0]) == int((read_truth(sample_path("corefit_sample_small"))["z"] > 1)
+                                    .sum())
 
 
 def test_cli_make(tiny_db, tmp_path, capsys):

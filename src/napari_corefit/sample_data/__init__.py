@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SAMPLES", "sample_path", "load_sample", "napari_sample", "write_sample",
+__all__ = ["SAMPLES", "sample_path", "load_sample", "napari_sample", "napari_sample_small",
+           "write_sample",
            "read_truth", "truth_from_signal", "truth_table"]
 
 #: names of the shipped samples (files ``<name>.hspy``)
@@ -130,16 +131,17 @@ def load_sample(name="corefit_sample", lazy=False):
     return load_spectrum_image(sample_path(name), lazy=lazy)
 
 
-def napari_sample():
+def napari_sample(name="corefit_sample"):
     """napari sample-data contribution: the sample's layers plus the true heavy-atom positions.
 
     Returns
     -------
-    list of napari LayerData tuples ``(data, kwargs, layer_type)``
+    list of napari LayerData tuples ``(data, kwargs, layer_type)``: the ADF image, the spectrum
+    image (energy, y, x) and a hidden points layer "true atoms" (C, N, O, F).
     """
     from napari_corefit.io.napari_reader import read_spectrum_image
 
-    path = sample_path("corefit_sample")
+    path = sample_path(name)
     layers = list(read_spectrum_image(str(path)))
     truth = read_truth(path)
     heavy = truth["z"] > 1
@@ -150,3 +152,8 @@ def napari_sample():
                          "properties": {"element": truth["symbol"][heavy]},
                          "visible": False}, "points"))
     return layers
+
+
+def napari_sample_small():
+    """napari sample-data contribution: the small sample (64 x 64 pixels, a few molecules)."""
+    return napari_sample("corefit_sample_small")
