@@ -235,3 +235,18 @@ def test_model_choice_follows_the_installation(make_napari_viewer):
         assert widget.model_source.value == "model folder"
         assert any("no bundled model" in m for m in messages()[n:])
         assert not widget.model_dir.native.isHidden()
+
+
+def test_lazy_si_gives_memory_mapped_cubes(make_napari_viewer, qtbot, tiny_model, si_path):
+    viewer = make_napari_viewer()
+    widget = _process(viewer, qtbot, tiny_model, si_path)
+    ref = _run(widget, qtbot).result.occupied.data.copy()
+    si = viewer.layers["scan SI"]
+    si.metadata["signal"] = si.metadata["signal"].as_lazy()  # as big files open
+    si.metadata.pop("spectrum_image")
+    widget.chunk_pixels = 64
+    out = _run(widget, qtbot)
+    run = viewer.layers["scan occupied DOS (1/eV)"].metadata["corefit_run"]
+    assert isinstance(out.result.dos, np.memmap) and run.store is out.store
+    np.testing.assert_allclose(out.result.occupied.data, ref, rtol=1e-5, atol=1e-7,
+                               equal_nan=True)

@@ -52,12 +52,15 @@ class CorefitRun:
         Prefix of the layer names (the SI layer's name without its " SI" suffix).
     names : dict
         Role (``"occupied"``, ``"map:homo_ev"``, ``"atoms"``, ...) -> layer name.
+    store : tempfile.TemporaryDirectory or None
+        Where the DOS cubes of a lazy SI are memory-mapped; removed with the run.
     """
 
     result: object
     signal: object
     base: str
     names: dict = field(default_factory=dict)
+    store: object = None  # keeps memory-mapped cubes of lazy SIs alive (TemporaryDirectory)
 
     # ---- geometry of the scan (array order y, x)
     @property

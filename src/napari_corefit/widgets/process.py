@@ -60,7 +60,7 @@ class Outcome:
     error: BaseException | None = None
     cancelled: bool = False
     seconds: float = 0.0
-    warnings: list = field(default_factory=list)
+    store: object = None  # TemporaryDirectory holding memory-mapped DOS cubes (lazy SIs)
 
 
 def load_job_model(job):
@@ -117,7 +117,14 @@ def run_job(job, progress=None, cancel=None):
     from napari_corefit.spectra.background import default_background_window
 
     t0 = time.perf_counter()
+    store = None
     try:
+        if getattr(job.signal, "_lazy", False):
+            # a lazy SI may be larger than RAM and its DOS cubes larger still: memory-mapped
+            # files in a temporary folder that lives as long as the run's layers
+            import tempfile
+
+            store = tempfile.TemporaryDirectory(prefix="napari-corefit-")
         model = load_job_model(job)
         config = job_config(job, model)
         if config.background and config.background_window is None:
@@ -125,12 +132,20 @@ def run_job(job, progress=None, cancel=None):
             default_background_window(energy, config.edge_onset_ev)  # names the range
         result = predict(job.source, model, adf=job.adf, device=job.device, atoms=job.atoms,
                          atom_options=dict(job.atom_options), config=config,
-                         chunk_pixels=job.chunk_pixels, progress=progress, cancel=cancel)
+                         chunk_pixels=job.chunk_pixels, progress=progress, cancel=cancel,
+                         store=None if store is None else store.name)
     except Cancelled:
+        _cleanup(store)
         return Outcome(cancelled=True, seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - every cause goes to the user as a notification
+        _cleanup(store)
         return Outcome(error=exc, seconds=time.perf_counter() - t0)
-    return Outcome(result=result, seconds=time.perf_counter() - t0)
+    return Outcome(result=result, seconds=time.perf_counter() - t0, store=store)
+
+
+def _cleanup(store):
+    if store is not None:
+        store.cleanup()
 
 
 def device_choices():
@@ -417,7 +432,7 @@ class ProcessWidget(QWidget):
             show_error(f"napari-corefit: {type(exc).__name__}: {text}")
             return
         job = self._job
-        run = CorefitRun(outcome.result, job.signal, job.base)
+        run = CorefitRun(outcome.result, job.signal, job.base, store=outcome.store)
         try:
             data = result_layer_data(run, add_image=not self._image_shown(job))
             new = add_or_replace(self.viewer, data)
