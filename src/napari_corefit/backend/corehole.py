@@ -153,6 +153,7 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
     """
     t0 = time.perf_counter()
     res = SiteResult(atom_index=atom)
+    gs = None
     try:
         mol = build_mol(molecule, recipe, excited=atom)
         dm0 = None
@@ -217,6 +218,9 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         res.status = f"failed: {exc}"
     except Exception as exc:  # noqa: BLE001 - a failed site must never crash a build
         res.status = f"failed: {type(exc).__name__}: {exc}"
+    finally:
+        if gs is not None:
+            gs._numint.clear_cache()  # AO values of this site's basis: hundreds of MB
     res.seconds = time.perf_counter() - t0
     return res
 
