@@ -77,3 +77,19 @@ def test_writer_saves_layers_hyperspy_opens_with_axes(processed, tmp_path):
     layers = viewer.open(str(tmp_path / "occ.hspy"), plugin="napari-corefit")
     assert layers[0].data.shape == (300,) + SHAPE
     assert tuple(layers[0].scale) == pytest.approx((0.1, NM, NM))
+
+
+def test_writer_keeps_a_spectrum_image_a_spectrum_image(make_napari_viewer, si_path, tmp_path):
+    viewer = make_napari_viewer()
+    survey, cube = viewer.open(str(si_path), plugin="napari-corefit")
+    out = viewer.layers.save(str(tmp_path / "copy.hspy"), selected=False, plugin="napari-corefit")
+    assert len(out) == 2
+    si_file = next(p for p in out if p.endswith("_scan_SI.hspy"))
+    s = hs.load(si_file)
+    assert s.metadata.Signal.signal_type == "EELS" and not s.metadata.has_item("Corefit")
+    np.testing.assert_array_equal(s.data, np.moveaxis(np.asarray(cube.data), 0, -1))
+    e = s.axes_manager.signal_axes[0]
+    assert (e.units, e.offset, e.scale) == ("eV", pytest.approx(230.0), pytest.approx(0.1))
+    again = viewer.open(si_file, plugin="napari-corefit")
+    assert again[-1].metadata["kind"] == "spectrum_image"
+    assert again[-1].data.shape == cube.data.shape

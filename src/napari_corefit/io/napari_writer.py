@@ -73,11 +73,19 @@ def layer_signal(data, attributes):
         sig = hs.signals.Signal1D(data, axes=axes)
         kind = "curve"
     sig.metadata.General.title = str(attributes.get("name") or "layer")
-    sig.metadata.set_item("Corefit.kind", kind)
+    layer_kind = str(meta.get("kind", ""))
+    if layer_kind.startswith("corefit_") or layer_kind in ("dos", "map"):
+        # a corefit result: its reader opens it again as result layers
+        sig.metadata.set_item("Corefit.kind", _KINDS.get(layer_kind, kind))
+    elif layer_kind == "spectrum_image" and nd == 3:
+        sig.set_signal_type("EELS")  # opens again as a spectrum image
     if meta.get("units"):
         sig.metadata.set_item("Signal.quantity", f"{meta.get('curve', 'value')} "
                                                  f"({meta['units']})")
     return sig
+
+
+_KINDS = {"corefit_dos": "dos", "corefit_map": "map", "corefit_image": "image"}
 
 
 def _safe(name):

@@ -59,6 +59,9 @@ class AtomInspector(BaseNapariMPLWidget):
         self.canvas.setMinimumHeight(220)
         self._clear_axes()
         self.viewer.mouse_drag_callbacks.append(self._on_click)
+        # a deleted widget must not stay in the viewer's click callbacks
+        callbacks, click = self.viewer.mouse_drag_callbacks, self._on_click
+        self.destroyed.connect(lambda *_: click in callbacks and callbacks.remove(click))
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.selection.events.active.connect(self._on_layers_changed)
