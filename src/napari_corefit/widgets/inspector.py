@@ -106,7 +106,13 @@ class AtomInspector(BaseNapariMPLWidget):
         yield
         if event.type == "mouse_move":
             return  # a drag: the camera pans, nothing is picked
-        self.show_world(position)
+        try:
+            self.show_world(position)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never a silent no-op
+            from napari.utils.notifications import show_error
+
+            self.status.setText(f"error: {exc}")
+            show_error(f"napari-corefit inspector: {type(exc).__name__}: {exc}")
 
     def _on_list_row(self, row):
         if row >= 0:
