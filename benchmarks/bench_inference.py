@@ -340,7 +340,8 @@ def render(info, model_rows, e2e_rows, args):
             f"| {r['device']} | {r['n']}² | {r['si_mib']:.0f} MiB | {r['read_s']:.2f} s | "
             f"{r['io_load_s']:.2f} s | {r['e2e_s']:.2f} s | {r['load_s']:.2f} + "
             f"{r['predict_s']:.2f} + {r['save_s']:.2f} | {r['e2e_s'] / r['read_s']:.1f}× | "
-            f"{1e6 * r['e2e_s'] / r['pixels']:.1f} µs | {1e6 * r['predict_s'] / r['pixels']:.1f} µs | "
+            f"{1e6 * r['e2e_s'] / r['pixels']:.1f} µs | "
+            f"{1e6 * r['predict_s'] / r['pixels']:.1f} µs | "
             f"{1e6 * r['predict_cpu_s'] / r['pixels']:.1f} µs | "
             f"{r['peak_anon'] / 2**20:.0f} MiB | {r['read_anon'] / 2**20:.0f} MiB |")
     return "\n".join(lines) + "\n"

@@ -106,8 +106,8 @@ def dos_features(mean, std, grid=DOS_GRID, windows=None, min_fraction=0.3):
     >>> e = g.values
     >>> dos = np.stack([np.exp(-(e + 2) ** 2), np.exp(-(e - 1.5) ** 2)])
     >>> f = dos_features(dos, 0.1 * dos, g)
-    >>> round(float(f["homo_ev"]), 2), round(float(f["lumo_ev"]), 2), round(float(f["sigma_rel"]), 2)
-    (-2.0, 1.5, 0.1)
+    >>> [round(float(f[k]), 2) for k in ("homo_ev", "lumo_ev", "sigma_rel")]
+    [-2.0, 1.5, 0.1]
     """
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
