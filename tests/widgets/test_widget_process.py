@@ -250,3 +250,9 @@ def test_lazy_si_gives_memory_mapped_cubes(make_napari_viewer, qtbot, tiny_model
     assert isinstance(out.result.dos, np.memmap) and run.store is out.store
     np.testing.assert_allclose(out.result.occupied.data, ref, rtol=1e-5, atol=1e-7,
                                equal_nan=True)
+    # without the file's SpectrumImage the widget cannot tell that the viewer shows the survey
+    # image already: the image the columns were found in comes as a layer of its own
+    img = viewer.layers["scan survey (total counts)"]
+    np.testing.assert_allclose(img.data, np.asarray(si.metadata["signal"].data).sum(-1),
+                               rtol=1e-5)
+    assert tuple(img.scale) == pytest.approx((NM, NM))

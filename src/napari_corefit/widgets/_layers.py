@@ -223,7 +223,7 @@ def result_layer_data(run: CorefitRun, add_image=False, color_by=None):
 
     if add_image and result.image is not None:
         title = str(result.image.metadata.General.title or "image")
-        name = f"{base} {title} (counts)"
+        name = f"{base} {title}" if "counts" in title else f"{base} {title} (counts)"
         img = np.asarray(result.image.data, np.float32).reshape(shape)
         layers.append((img, {"name": name, "scale": scale, "translate": translate,
                              "units": units, "axis_labels": ("y", "x"), "colormap": "gray",
