@@ -27,6 +27,7 @@ window integrals
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,28 @@ def quality_flags(mask, sigma_rel, ood, sigma_max=0.5, ood_max=1.0):
 
 # --------------------------------------------------------------------------------------------
 # result
+
+
+def _default_min_distance(image, nav, smooth):
+    """Minimum column separation (px) when the user gave none.
+
+    Half the lattice spacing from the image's autocorrelation where the columns are periodic;
+    otherwise (molecules, amorphous films) :data:`MIN_COLUMN_DISTANCE_NM` in the scan's
+    calibration, at least 2 px.
+    """
+    from napari_corefit.atoms.find import MIN_COLUMN_DISTANCE_NM, estimate_separation
+
+    try:
+        return max(1, int(round(0.5 * estimate_separation(image, smooth))))
+    except ValueError:
+        pass
+    scale = {"nm": 1.0, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3, "um": 1e3}
+    factors = [scale.get(a["units"]) for a in nav[:2]]
+    if len(nav) >= 2 and all(f is not None for f in factors):
+        px_nm = min(abs(a["scale"]) * f for a, f in zip(nav[:2], factors))
+        return max(2, int(round(MIN_COLUMN_DISTANCE_NM / px_nm)))
+    warnings.warn("no periodic columns and no calibration in nm: columns at least 2 px apart")
+    return 2
 
 
 def _nav_axes(signal):
@@ -459,6 +482,9 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
             raise ValueError("atom columns need a 2-D scan with an image of the same shape")
         opts = dict(atom_options or {})
         sum_radius = opts.pop("sum_radius", None)
+        if opts.get("min_distance") is None:
+            opts["min_distance"] = _default_min_distance(np.asarray(image.data), nav,
+                                                         opts.get("smooth", 1.0))
         positions = find_atoms(np.asarray(image.data), **opts)
         labels = assign_pixels(image.data.shape, positions["y"], positions["x"], sum_radius)
         acc = AtomSums(labels, len(positions))

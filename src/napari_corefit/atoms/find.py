@@ -12,9 +12,13 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
-__all__ = ["ATOM_DTYPE", "estimate_separation", "find_atoms", "refine_com", "refine_gaussian"]
+__all__ = ["ATOM_DTYPE", "MIN_COLUMN_DISTANCE_NM", "estimate_separation", "find_atoms", "refine_com", "refine_gaussian"]
 
 #: One row per atom column; positions in pixels of the image, (0, 0) the first pixel's centre.
+#: smallest projected distance of two atom columns (nm) searched for where the columns form no
+#: lattice (molecular samples): below a C-C bond's 0.14 nm, since bonds are seen foreshortened
+MIN_COLUMN_DISTANCE_NM = 0.06
+
 ATOM_DTYPE = np.dtype([("y", "f8"), ("x", "f8"), ("amplitude", "f8"), ("sigma", "f8"),
                        ("background", "f8"), ("quality", "f8")])
 

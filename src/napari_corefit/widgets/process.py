@@ -19,6 +19,7 @@ from magicgui import widgets as mw
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from napari_corefit.atoms.find import MIN_COLUMN_DISTANCE_NM
 from napari_corefit.widgets._layers import (CorefitRun, add_or_replace, base_name,
                                             result_layer_data)
 
@@ -27,9 +28,6 @@ __all__ = ["ProcessWidget", "Job", "run_job", "device_choices"]
 _MODEL_DEFAULT = "bundled default model"
 _MODEL_FOLDER = "model folder"
 _AS_TRAINED = "as trained (model)"
-#: default smallest distance of two atom columns, nm: about the probe size of an
-#: aberration-corrected STEM (columns closer than this are not resolved anyway)
-MIN_COLUMN_DISTANCE_NM = 0.06
 
 
 # --------------------------------------------------------------------------------------------
