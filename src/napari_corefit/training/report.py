@@ -437,11 +437,20 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f"{m.ood.get('quantile', 0.99):.0%} quantile of the training inputs' own errors "
           "(score > 1: unlike the training data). Share of test spectra above 1: "
           f"{float(np.mean(m.ood_score(ev_test.inputs) > 1)):.3f}.", ""]
+    recipe = cfg.get("recipe") or {}
+    basis = f"{recipe.get('basis', '?')} with {recipe.get('core_basis', '?')} on the excited " \
+        "carbon"
+    diffuse = "diffuse" in str(recipe.get("core_basis", "")).lower() or \
+        "aug" in str(recipe.get("core_basis", "")).lower()
+    continuum = ("diffuse functions on the excited carbon only, so the Rydberg and continuum "
+                 "states above the ionisation threshold are described only roughly") if diffuse \
+        else ("no diffuse functions, so the Rydberg and continuum states above the ionisation "
+              "threshold are missing")
     L += ["## Limitations", "",
-          "- Trained on computed spectra of isolated QM9 molecules (gas phase, PBE ΔSCF with a "
-          "Gaussian basis that has no diffuse functions: Rydberg/continuum states above the "
-          "ionisation threshold are missing). Solids, polymers with strong intermolecular "
-          "effects, and elements other than C/H/N/O/F are outside its domain.",
+          f"- Trained on computed spectra of isolated QM9 molecules (gas phase, "
+          f"{recipe.get('functional', '?')} ΔSCF, Gaussian basis {basis}: {continuum}). "
+          "Solids, polymers with strong intermolecular effects, and elements other than "
+          "C/H/N/O/F are outside its domain.",
           "- The site-level model assumes one carbon site per spectrum; a measured atom column "
           "may mix sites.",
           "- Calibration of the ensemble σ is reported above; it is not a guarantee."]
