@@ -405,7 +405,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
                 s = study.get((n_train, t))
                 cells.append("–" if s is None else
                              f"{_fmt(s['mse_occupied'], 3)} / {_fmt(s['mse_unoccupied'], 3)}")
-            L.append(f"| {_n_label(n_train)} | " + " | ".join(cells) + " |")
+            L.append(f"| {_n_label(n_train)} ({models[n_train].n_members} members) | "
+                     + " | ".join(cells) + " |")
         n_train0 = next(iter(models))
         unusable = {_n_label(t): study[(n_train0, t)]["n_unusable"] for t in tests}
         L += ["", f"Test spectra the engine masked (no first peak found) and left out: "
