@@ -205,7 +205,12 @@ def main(argv=None):
     p.add_argument("--doses", default="100,300,1000,3000,10000,30000,100000")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--size", type=int, default=112)
-    p.add_argument("--min-distance", type=int, default=2)
+    p.add_argument("--min-distance", type=int, default=None,
+                   help="atom finder's minimum separation, px (default: the engine's choice, "
+                   "as corefit predict --atoms makes it)")
+    p.add_argument("--title", default=None, help="section title (with --append)")
+    p.add_argument("--append", action="store_true",
+                   help="add a section to --write-md instead of replacing the file")
     p.add_argument("--write-md", default=None, metavar="FILE.md")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="true and predicted DOS of a few atoms (first seed, --plot-dose)")
@@ -238,9 +243,13 @@ def main(argv=None):
     print(baseline_line)
     if args.write_md:
         cfg = getattr(model, "config", {}) or {}
+        md_distance = (f"`min_distance={args.min_distance}` px" if args.min_distance else
+                       "the engine's default minimum separation (as `corefit predict --atoms`)")
+        head = (["# End-to-end accuracy on synthetic samples (benchmarks/bench_end_to_end.py)",
+                 ""] if not args.append else [])
         lines = [
-            "# End-to-end accuracy on synthetic samples (benchmarks/bench_end_to_end.py)",
-            "",
+            *head,
+            *([f"## {args.title}", ""] if args.title else []),
             f"Command: `python benchmarks/bench_end_to_end.py {' '.join(argv or sys.argv[1:])}`",
             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
             f"{platform.node()} ({platform.processor() or platform.machine()}), "
@@ -253,7 +262,7 @@ def main(argv=None):
             f"- Samples: {args.size} x {args.size} px of 0.02 nm, probe FWHM 0.06 nm, "
             "250-330 eV in 0.2 eV channels, S/B 1 near a carbon, random molecule layout "
             f"(`make_sample`, seeds {args.seeds}: {len(seeds)} layouts per dose); atom finding "
-            f"with `min_distance={args.min_distance}` px.",
+            f"with {md_distance}.",
             "- Dose: carbon K-edge counts of one carbon atom over the energy axis (the engine's "
             "N of an atom column is about 0.8 of it: its input window and Voronoi cell).",
             "- Heavy atoms (C, N, O, F) are the truth for recall/precision (H is below the "
@@ -274,7 +283,10 @@ def main(argv=None):
             "only telling sites apart where it is above that.",
             "",
         ]
-        Path(args.write_md).write_text("\n".join(lines))
+        text = "\n".join(lines)
+        if args.append and Path(args.write_md).exists():
+            text = Path(args.write_md).read_text() + "\n" + text
+        Path(args.write_md).write_text(text)
         print(f"wrote {args.write_md}")
 
 
