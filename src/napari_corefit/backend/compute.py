@@ -58,7 +58,7 @@ class MoleculeRecord:
     sites: list = field(default_factory=list)
 
 
-def compute_molecule(molecule, recipe=None, progress=None):
+def compute_molecule(molecule, recipe=None, progress=None, workers=1):
     """Ground state, site DOS and core-hole spectrum of every symmetry-distinct carbon.
 
     Parameters
@@ -68,6 +68,10 @@ def compute_molecule(molecule, recipe=None, progress=None):
         Defaults to ``Recipe()``.
     progress : callable, optional
         ``progress(done, total, message)`` after each site.
+    workers : int
+        Sites computed in this many processes (one thread each) after the molecule's ground
+        state; for one molecule on several cores (``corefit compute``, the benchmark). Database
+        builds run molecules in parallel instead and keep ``workers=1`` here.
 
     Returns
     -------
@@ -106,18 +110,42 @@ def compute_molecule(molecule, recipe=None, progress=None):
     rec.gs_seconds = time.perf_counter() - t0
     dm = gs.make_rdm1()
     classes = equivalent_carbons(molecule.symbols, molecule.coords)
-    for n, cls in enumerate(classes):
-        atom = cls[0]
-        dos = site_dos_sticks(gs, atom)
+    atoms = [cls[0] for cls in classes]
+    cores = _core_holes(molecule, atoms, recipe, dm, mol, workers, progress)
+    for cls, core in zip(classes, cores):
+        dos = site_dos_sticks(gs, cls[0])
         rec.fermi_ev = dos["fermi_ev"]
         dos["energy"] = dos["energy"] - dos["fermi_ev"]
-        core = compute_core_hole(molecule, atom, recipe, dm_uniform=dm, mol_uniform=mol)
         rec.sites.append(SiteRecord(core=core, equivalent=list(cls),
                                     core_1s_ev=dos.pop("core_1s_ev"), dos=dos))
-        if progress is not None:
-            progress(n + 1, len(classes), f"{molecule.name} C{atom}: {core.status}")
     rec.seconds = time.perf_counter() - t0
     return rec
+
+
+def _core_holes(molecule, atoms, recipe, dm, mol, workers, progress):
+    def report(n, atom, core):
+        if progress is not None:
+            progress(n, len(atoms), f"{molecule.name} C{atom}: {core.status}")
+
+    if workers <= 1 or len(atoms) == 1:
+        cores = []
+        for atom in atoms:
+            cores.append(compute_core_hole(molecule, atom, recipe, dm_uniform=dm,
+                                           mol_uniform=mol))
+            report(len(cores), atom, cores[-1])
+        return cores
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("fork")  # the ground state is inherited, not pickled
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=set_threads,
+                             initargs=(1,)) as pool:
+        futures = [pool.submit(compute_core_hole, molecule, a, recipe, dm, mol) for a in atoms]
+        cores = []
+        for atom, fut in zip(atoms, futures):
+            cores.append(fut.result())
+            report(len(cores), atom, cores[-1])
+    return cores
 
 
 def set_threads(n: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -50,7 +51,7 @@ def compute_and_report(args):
     def progress(done, total, message):
         print(f"  [{done}/{total}] {message}", file=sys.stderr)
 
-    record = compute_molecule(mol, recipe, progress=progress)
+    record = compute_molecule(mol, recipe, progress=progress, workers=os.cpu_count() or 1)
     if record.status != "ok":
         raise RuntimeError(f"{mol.name}: {record.status}")
     table = molecule_table(record, recipe)
