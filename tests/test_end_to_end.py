@@ -110,11 +110,9 @@ def test_predict_cli_on_the_shipped_small_sample(model, tmp_path):
     assert table["usable"].sum() >= truth["carbon"].size
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (reported with issue 7): the engine's default "
-                   "atom separation trusts the autocorrelation lattice estimate, which finds a "
-                   "false 'lattice' of 37 px in this sparse layout of molecules and merges most "
-                   "columns (recall 0.32); with min_distance=2 recall is 1.0")
 def test_engine_default_separation_on_a_sparse_layout(tiny_table, model, tmp_path):
+    # the autocorrelation finds a false 37 px "lattice" in this layout; the engine's default
+    # must not trust it beyond the physical minimum column distance (recall was 0.32)
     si, adf = make_sample(tiny_table, SampleSettings(size=96, dose=2e4), seed=0)
     path = write_sample(tmp_path / "sparse.hspy", si, adf)
     result = engine.predict(str(path), model, atoms=True, device="cpu")

@@ -158,23 +158,26 @@ def quality_flags(mask, sigma_rel, ood, sigma_max=0.5, ood_max=1.0):
 def _default_min_distance(image, nav, smooth):
     """Minimum column separation (px) when the user gave none.
 
-    Half the lattice spacing from the image's autocorrelation where the columns are periodic;
-    otherwise (molecules, amorphous films) :data:`MIN_COLUMN_DISTANCE_NM` in the scan's
-    calibration, at least 2 px.
+    Half the lattice spacing from the image's autocorrelation, but never more than
+    :data:`MIN_COLUMN_DISTANCE_NM` in the scan's calibration (at least 2 px): a sparse layout of
+    molecules can fake a coarse "lattice" and the estimate would then merge real columns.
     """
     from napari_corefit.atoms.find import MIN_COLUMN_DISTANCE_NM, estimate_separation
 
     try:
-        return max(1, int(round(0.5 * estimate_separation(image, smooth))))
+        lattice = max(1, int(round(0.5 * estimate_separation(image, smooth))))
     except ValueError:
-        pass
+        lattice = None
     scale = {"nm": 1.0, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3, "um": 1e3}
     factors = [scale.get(a["units"]) for a in nav[:2]]
+    physical = None
     if len(nav) >= 2 and all(f is not None for f in factors):
         px_nm = min(abs(a["scale"]) * f for a, f in zip(nav[:2], factors))
-        return max(2, int(round(MIN_COLUMN_DISTANCE_NM / px_nm)))
-    warnings.warn("no periodic columns and no calibration in nm: columns at least 2 px apart")
-    return 2
+        physical = max(2, int(round(MIN_COLUMN_DISTANCE_NM / px_nm)))
+    if lattice is None and physical is None:
+        warnings.warn("no periodic columns and no calibration in nm: columns at least 2 px apart")
+        return 2
+    return min(d for d in (lattice, physical) if d is not None)
 
 
 def _nav_axes(signal):
