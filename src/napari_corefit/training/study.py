@@ -57,8 +57,12 @@ def _val_loss(loaded):
 def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
-              notes=None, weights_dtype="float32", progress=True, command=None):
-    """Run the study; return a dict of what was trained and chosen (also saved as study.json)."""
+              notes=None, weights_dtype="float32", progress=True, command=None, resume=False):
+    """Run the study; return a dict of what was trained and chosen (also saved as study.json).
+
+    With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
+    interrupted or identical run) is loaded instead of trained again.
+    """
     from napari_corefit.backend import load_database
 
     out = Path(out)
@@ -69,6 +73,9 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     res = {"db": str(db), "settings": settings.to_dict(), "arch_models": {}}
 
     def train(name, **kw):
+        if resume and (out / name / CONFIG_FILE).is_file():
+            log(f"== {name}: reusing {out / name}")
+            return load_model(out / name)
         log(f"== {name}")
         return train_model(db, out / name, table=table, settings=settings, progress=progress,
                            **kw)
@@ -150,6 +157,8 @@ def main(argv=None):
     p.add_argument("--images", default=None)
     p.add_argument("--weights-dtype", default="float32", choices=("float32", "float16"),
                    help="storage of the installed weights")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse checkpoints already under --out instead of training them again")
     p.add_argument("--notes", default=None)
     a = p.parse_args(argv)
     settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
@@ -162,7 +171,7 @@ def main(argv=None):
                     noise_members=a.noise_members, molecule=not a.no_molecule,
                     extrapolation=not a.no_extrapolation, settings=settings,
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
-                    weights_dtype=a.weights_dtype,
+                    weights_dtype=a.weights_dtype, resume=a.resume,
                     command="python -m napari_corefit.training.study " + " ".join(
                         sys.argv[1:] if argv is None else argv))
     print(json.dumps(res, indent=2))
