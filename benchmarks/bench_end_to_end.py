@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -250,7 +251,7 @@ def main(argv=None):
         lines = [
             *head,
             *([f"## {args.title}", ""] if args.title else []),
-            f"Command: `python benchmarks/bench_end_to_end.py {' '.join(argv or sys.argv[1:])}`",
+            f"Command: `python benchmarks/bench_end_to_end.py {shlex.join(argv or sys.argv[1:])}`",
             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
             f"{platform.node()} ({platform.processor() or platform.machine()}), "
             f"{time.perf_counter() - t0:.0f} s.",
@@ -264,7 +265,7 @@ def main(argv=None):
             f"(`make_sample`, seeds {args.seeds}: {len(seeds)} layouts per dose); atom finding "
             f"with {md_distance}.",
             "- Dose: carbon K-edge counts of one carbon atom over the energy axis (the engine's "
-            "N of an atom column is about 0.8 of it: its input window and Voronoi cell).",
+            "N of an atom column is 0.7-0.8 of it: its input window and Voronoi cell).",
             "- Heavy atoms (C, N, O, F) are the truth for recall/precision (H is below the "
             "finder's threshold and has no carbon edge). A column within 0.05 nm of an atom "
             "finds it (one-to-one). Cosines: per carbon column found and not masked by the "
