@@ -175,3 +175,16 @@ def test_savitzky_golay_models_see_smoothed_inputs(tiny_db, rows, tmp_path, caps
     assert corefit(["evaluate", "--model", str(out), "--db", str(tiny_db), "--split", "all",
                     "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_unusable"] == 0
+
+
+def test_bundled_default_model_loads_and_predicts_real_spectra(rows):
+    from napari_corefit.model import load_default
+
+    m = load_default()
+    assert m.input_grid == SPECTRUM_GRID and m.output_grid == DOS_GRID
+    assert m.n_members >= 5 and m.config["level"] == "site"
+    assert m.config["metrics"]["test"]["n_sites"] > 0
+    assert len(m.config["database"]["sha256"]) == 64 and m.ood["components"].shape[1] == 160
+    mean, std = m.ensemble.mean_std(torch.from_numpy(rows.clean))
+    assert mean.shape == std.shape == (len(rows), 2, DOS_GRID.n)
+    assert torch.isfinite(mean).all() and float(std.max()) > 0
