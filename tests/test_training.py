@@ -29,10 +29,15 @@ def test_site_rows_are_normalised_curves_of_every_ok_site(tiny_table, rows):
     np.testing.assert_allclose(rows.targets.sum(-1) * DOS_GRID.step, 1.0, rtol=1e-5)
     # the inputs start 1 eV below the first peak: the peak sits at index 10 (0 eV)
     at_peak = rows.clean[:, 9:12].max(-1)
-    assert np.all(at_peak >= 0.28 * rows.clean.max(-1))
     assert np.all(rows.clean[:, :5].max(-1) < at_peak)
-    # absolute spectra: nothing below each site's own E_exc (its first transition, maybe dark)
+    # the first peak reaches the detector's 30 % of the maximum inside the engine's search window
+    # (282-300 eV); a stronger peak past 300 eV does not count (0.09 of the input's maximum for
+    # one tiny-database site)
     e = NoiseModel().axis.values
+    window = (e >= 282) & (e <= 300)
+    at_abs_peak = np.array([np.interp(p, e, a) for p, a in zip(rows.peak, rows.absolute)])
+    assert np.all(at_abs_peak >= 0.28 * rows.absolute[:, window].max(-1))
+    # absolute spectra: nothing below each site's own E_exc (its first transition, maybe dark)
     below = e[None, :] < rows.reference[:, None] - 2.0
     assert np.all(np.where(below, rows.absolute, 0).max(-1) < 2e-3 * rows.absolute.max(-1))
     assert np.all(np.where(~below, rows.absolute, 0).max(-1) == rows.absolute.max(-1))
