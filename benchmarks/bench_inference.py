@@ -7,7 +7,8 @@
 What is measured, in one run on one machine:
 
 1. Model only: ``predict_spectra`` on preprocessed spectra already in memory (spectra/s), for
-   the default 5-member ensemble of the paper's MLP (and one member), per batch size, fp32 and
+   the bundled default ensemble (what the engine runs), and a random-weight 5-member ensemble
+   and one member of the paper's MLP for reference, per batch size, fp32 and
    autocast, on the CPU and on CUDA when torch sees a GPU.
 2. For synthetic SIs of N x N pixels x 1024 channels (float32 ``.hspy``, uncompressed, written
    first, so the page cache is warm for every reader alike), each in a fresh process:
@@ -90,23 +91,6 @@ def machine():
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "ram_gib": round(mem, 1),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "python": platform.python_version()}
-
-
-def make_model(directory, members=5, seed=0):
-    import torch
-
-    from napari_corefit.model.checkpoint import save_model
-    from napari_corefit.model.network import Ensemble, build_network, default_arch
-    from napari_corefit.spectra.grids import DOS_GRID, SPECTRUM_GRID
-    from napari_corefit.spectra.pipeline import PreprocessConfig
-
-    torch.manual_seed(seed)
-    arch = default_arch("paper_mlp")
-    ens = Ensemble([build_network(arch) for _ in range(members)])
-    save_model(directory, ens, {"arch": arch, "input_grid": SPECTRUM_GRID,
-                                "output_grid": DOS_GRID,
-                                "preprocess": PreprocessConfig().to_dict()})
-    return ens
 
 
 def make_si(path, n, channels=1024, tile=64, chunk_pixels=32768):
@@ -195,14 +179,24 @@ def run_child(*args):
 # model only
 
 
-def model_only(device, members, n_spectra, batches, amps, repeats=3):
+def model_only(device, members, n_spectra, batches, amps, repeats=3, bundled=False):
+    """Throughput of a random-weight paper MLP ensemble, or of the bundled default model."""
     import torch
 
     from napari_corefit.model.inference import predict_spectra
     from napari_corefit.model.network import Ensemble, PaperMLP
 
-    torch.manual_seed(0)
-    ens = Ensemble([PaperMLP() for _ in range(members)])
+    if bundled:
+        from napari_corefit.model import load_default
+
+        loaded = load_default()
+        ens = loaded.ensemble
+        members = len(ens.members)
+        label = f"bundled default ({loaded.config['arch']['name']})"
+    else:
+        torch.manual_seed(0)
+        ens = Ensemble([PaperMLP() for _ in range(members)])
+        label = "paper_mlp"
     rng = np.random.default_rng(0)
     e = np.arange(160) * 0.1 - 1.0
     c = rng.uniform(0, 12, (n_spectra, 3)).astype(np.float32)
@@ -218,7 +212,7 @@ def model_only(device, members, n_spectra, batches, amps, repeats=3):
                 predict_spectra(ens, x, device=device, batch_size=batch, amp=amp)
                 best = min(best, time.perf_counter() - t0)
                 best_cpu = min(best_cpu, time.process_time() - c0)
-            rows.append({"device": device, "members": members, "batch": batch,
+            rows.append({"device": device, "model": label, "members": members, "batch": batch,
                          "amp": amp or "fp32", "spectra_per_s": n_spectra / best,
                          "spectra_per_cpu_s": n_spectra / best_cpu})
     return rows
@@ -237,6 +231,8 @@ def main(argv=None):
                    "temporary directory, removed afterwards)")
     p.add_argument("--model-spectra", type=int, default=65536)
     p.add_argument("--write-md", default=None, metavar="FILE", help="write the figures there")
+    p.add_argument("--note", default=None, help="a line about the conditions of the run, "
+                   "printed in the report (e.g. what else the machine was doing)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
@@ -260,7 +256,8 @@ def main(argv=None):
         batches = [1024, 8192, 32768] if dev == "cpu" else [32768, 131072, 524288]
         n = args.model_spectra if dev == "cpu" else max(args.model_spectra, 1 << 21)
         amps = [False, "bf16"] if dev == "cpu" else [False, "fp16", "bf16"]
-        model_rows += model_only(dev, args.members, n, batches, amps)
+        model_rows += model_only(dev, None, n, batches, amps, bundled=True)
+        model_rows += model_only(dev, args.members, n, batches[:1], [False])
         model_rows += model_only(dev, 1, n, batches[1:2], [False])
         for r in model_rows:
             print(r, file=sys.stderr)
@@ -270,7 +267,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        make_model(work / "model", args.members)
+        from napari_corefit.model.checkpoint import default_model_dir
+
+        model_dir = default_model_dir("site")  # the engine's default: what users run
         for n in sizes:
             si = work / f"si_{n}.hspy"
             nbytes = make_si(si, n, args.channels, chunk_pixels=args.chunk_pixels)
@@ -282,7 +281,7 @@ def main(argv=None):
             row.update(run_child("io", str(si)))
             for dev in devices:
                 r = dict(row, device=dev)
-                r.update(run_child("e2e", str(si), str(work / "model"), str(work / f"out_{n}.hspy"),
+                r.update(run_child("e2e", str(si), str(model_dir), str(work / f"out_{n}.hspy"),
                                    dev, args.chunk_pixels, None))
                 e2e_rows.append(r)
                 print(r, file=sys.stderr)
@@ -304,8 +303,8 @@ def render(info, model_rows, e2e_rows, args):
         f"Run {info['date']} on {info['cpu']}, {info['cores']} cores available, "
         f"{info['ram_gib']} GiB RAM, GPU: {info['gpu']}; torch {info['torch']} "
         f"({info['torch_threads']} threads), Python {info['python']}. Load average "
-        f"{info['load_avg_start']:.1f} at the start, {info['load_avg_end']:.1f} at the end "
-        "(the machine is shared: other jobs were running).",
+        f"{info['load_avg_start']:.1f} at the start, {info['load_avg_end']:.1f} at the end. "
+        + (args.note or "The machine is shared: other jobs were running."),
         f"Command: `python benchmarks/bench_inference.py --sizes {args.sizes}`.",
         "",
         "## Model only (preprocessed spectra in memory -> ensemble mean and std)",
@@ -314,16 +313,16 @@ def render(info, model_rows, e2e_rows, args):
         "a shared, oversubscribed machine the latter times the number of cores estimates what "
         "the same cores give when they are free.",
         "",
-        "| device | members | batch | precision | spectra/s | spectra per CPU-s |",
-        "|---|---|---|---|---|---|",
+        "| device | model | members | batch | precision | spectra/s | spectra per CPU-s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in model_rows:
-        lines.append(f"| {r['device']} | {r['members']} | {r['batch']} | {r['amp']} | "
+        lines.append(f"| {r['device']} | {r['model']} | {r['members']} | {r['batch']} | {r['amp']} | "
                      f"{r['spectra_per_s']:,.0f} | {r['spectra_per_cpu_s']:,.0f} |")
     lines += [
         "",
         f"## End to end, lazy path ({args.channels} channels, float32 .hspy, uncompressed, "
-        f"chunk {args.chunk_pixels} pixels, {args.members}-member ensemble)",
+        f"chunk {args.chunk_pixels} pixels, the bundled default model)",
         "",
         "*read only*: open lazily and read every block once. *io load*: `load_spectrum_image` "
         "(includes its survey-image pass over the data). *end to end*: load + predict (read, "
