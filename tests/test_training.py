@@ -193,3 +193,37 @@ def test_bundled_default_model_loads_and_predicts_real_spectra(rows):
     mean, std = m.ensemble.mean_std(torch.from_numpy(rows.clean))
     assert mean.shape == std.shape == (len(rows), 2, DOS_GRID.n)
     assert torch.isfinite(mean).all() and float(std.max()) > 0
+
+
+def test_architecture_choice_prefers_the_smaller_network_only_within_the_seed_spread():
+    from napari_corefit.training.study import choose_architecture
+
+    # two_head_mlp has ~4x the weights of paper_mlp
+    close = {"paper_mlp": np.array([1.01e-3, 1.03e-3]),
+             "two_head_mlp": np.array([0.98e-3, 1.02e-3])}
+    assert choose_architecture(close)[0] == "paper_mlp"
+    clear = {"paper_mlp": np.array([1.30e-3, 1.32e-3]),
+             "two_head_mlp": np.array([0.98e-3, 1.02e-3])}
+    name, why = choose_architecture(clear)
+    assert name == "two_head_mlp" and "lowest mean validation MSE" in why
+
+
+def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_path):
+    import json
+
+    from napari_corefit.model.checkpoint import load_model
+    from napari_corefit.training.study import run_study
+
+    kw = dict(archs=("paper_mlp",), compare_members=1, members=2, noise_levels=(1e3,),
+              molecule=False, extrapolation=False, progress=False,
+              settings=TrainSettings(epochs=3, device="cpu", threads=1))
+    run_study(tiny_db, tmp_path / "serial", **kw)
+    res = run_study(tiny_db, tmp_path / "parallel", jobs=2, **kw)
+    assert json.loads((tmp_path / "parallel" / "study.json").read_text())["chosen_arch"] == \
+        res["chosen_arch"] == "paper_mlp"
+    for name in ("default", "noise_1e3"):
+        a = load_model(tmp_path / "serial" / name).ensemble.state_dict()
+        b = load_model(tmp_path / "parallel" / name).ensemble.state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -4,7 +4,9 @@ Steps (each a ``train_model`` run on the same database, all with the same random
 said otherwise):
 
 1. architecture comparison: a small ensemble of every candidate architecture; the one with the
-   lowest mean *validation* loss wins (the test molecules stay untouched by the choice);
+   lowest mean *validation* loss wins, unless a network with fewer weights is within the
+   member-to-member spread of it (:func:`choose_architecture`; the test molecules stay untouched
+   by the choice);
 2. the default site-level ensemble of the winner;
 3. the molecule-level ensemble;
 4. the noise study: one model per training noise level;
@@ -33,7 +35,7 @@ from napari_corefit.training.loop import TrainSettings
 from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.train import train_model
 
-__all__ = ["run_study", "install_default", "main"]
+__all__ = ["run_study", "choose_architecture", "install_default", "main"]
 
 
 def install_default(model_dir, level="site", weights_dtype="float32") -> Path:
@@ -50,18 +52,98 @@ def install_default(model_dir, level="site", weights_dtype="float32") -> Path:
     return dest
 
 
-def _val_loss(loaded):
-    return float(np.mean([m["best_val_loss"] for m in loaded.config["training"]["members"]]))
+def _member_losses(loaded) -> np.ndarray:
+    return np.array([m["best_val_loss"] for m in loaded.config["training"]["members"]])
+
+
+def _n_weights(arch) -> int:
+    from napari_corefit.model.network import build_network, default_arch
+
+    return sum(p.numel() for p in build_network(default_arch(arch)).parameters())
+
+
+def choose_architecture(losses: dict) -> tuple:
+    """The architecture with the lowest mean validation MSE of its members, unless a smaller
+    network is within the member-to-member spread of the best (then the smaller one: inference
+    cost grows with the weights, and a difference inside the seed noise is no evidence).
+
+    Returns ``(name, reason)``.
+    """
+    means = {a: float(np.mean(v)) for a, v in losses.items()}
+    best = min(means, key=means.get)
+    spread = float(np.std(losses[best], ddof=1)) if len(losses[best]) > 1 else 0.0
+    close = [a for a in means if means[a] <= means[best] + spread]
+    smallest = min(close, key=_n_weights)
+    if smallest == best:
+        return best, f"lowest mean validation MSE {means[best]:.4g}"
+    return smallest, (f"validation MSE {means[smallest]:.4g} within the member spread "
+                      f"({spread:.2g}) of the best, {best} ({means[best]:.4g}), with fewer "
+                      f"weights ({_n_weights(smallest):,} vs {_n_weights(best):,})")
+
+
+def _train_quiet(db, out, settings, kw):
+    """One training in a worker process (no progress bars: they would interleave)."""
+    train_model(db, out, settings=settings, progress=False, **kw)
+
+
+class _Trainer:
+    """Trains named models under ``out``, in order (``jobs=1``) or in a process pool.
+
+    ``submit`` starts one (or reuses its checkpoint with ``resume``); ``wait`` returns every
+    model submitted so far, loaded back from its checkpoint, by name.
+    """
+
+    def __init__(self, db, out, table, settings, jobs=1, resume=False, progress=True):
+        self.db, self.out, self.table, self.settings = db, Path(out), table, settings
+        self.resume, self.progress = resume, progress
+        self.log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+        self.pending, self.done = {}, {}
+        self.executor = None
+        if int(jobs) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a forked child inherits torch's thread pools in an unusable state
+            self.executor = ProcessPoolExecutor(int(jobs), mp_context=mp.get_context("spawn"))
+
+    def submit(self, name, **kw):
+        path = self.out / name
+        if self.resume and (path / CONFIG_FILE).is_file():
+            self.log(f"== {name}: reusing {path}")
+            self.done[name] = load_model(path)
+        elif self.executor is None:
+            self.log(f"== {name}")
+            self.done[name] = train_model(self.db, path, table=self.table,
+                                          settings=self.settings, progress=self.progress, **kw)
+        else:
+            self.log(f"== {name}: started in a worker process")
+            self.pending[name] = self.executor.submit(_train_quiet, str(self.db), str(path),
+                                                      self.settings, kw)
+
+    def wait(self) -> dict:
+        for name, fut in list(self.pending.items()):
+            fut.result()
+            self.done[name] = load_model(self.out / name)
+            self.log(f"== {name}: done")
+        self.pending.clear()
+        return self.done
+
+    def close(self):
+        if self.executor is not None:
+            self.executor.shutdown()
 
 
 def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
-              notes=None, weights_dtype="float32", progress=True, command=None, resume=False):
+              notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
+              jobs=1):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
-    interrupted or identical run) is loaded instead of trained again.
+    interrupted or identical run) is loaded instead of trained again. With ``jobs`` > 1,
+    independent models train in that many processes at once (same results as one by one: each
+    model's seeds do not depend on the order).
     """
     from napari_corefit.backend import load_database
 
@@ -72,33 +154,30 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     res = {"db": str(db), "settings": settings.to_dict(), "arch_models": {}}
 
-    def train(name, **kw):
-        if resume and (out / name / CONFIG_FILE).is_file():
-            log(f"== {name}: reusing {out / name}")
-            return load_model(out / name)
-        log(f"== {name}")
-        return train_model(db, out / name, table=table, settings=settings, progress=progress,
-                           **kw)
-
-    scores = {}
+    # independent trainings run side by side in ``jobs`` processes (one torch thread each: these
+    # small networks gain little from a second thread, a second process doubles the work done)
+    pool = _Trainer(db, out, table, settings, jobs=jobs, resume=resume, progress=progress)
     for arch in archs:
-        m = train(f"arch_{arch}", arch=arch, n_members=compare_members)
-        scores[arch] = _val_loss(m)
+        pool.submit(f"arch_{arch}", arch=arch, n_members=compare_members)
+    done = pool.wait()
+    losses = {arch: _member_losses(done[f"arch_{arch}"]) for arch in archs}
+    for arch in archs:
         res["arch_models"][arch] = str(out / f"arch_{arch}")
-        log(f"{arch}: mean validation MSE {scores[arch]:.4g}")
-    best = min(scores, key=scores.get)
-    res.update(arch_validation_mse=scores, chosen_arch=best)
-    log(f"chosen architecture (lowest validation MSE): {best}")
+        log(f"{arch}: mean validation MSE {losses[arch].mean():.4g}")
+    best, why = choose_architecture(losses)
+    scores = {a: float(v.mean()) for a, v in losses.items()}
+    res.update(arch_validation_mse=scores, chosen_arch=best, chosen_because=why)
+    log(f"chosen architecture: {best} ({why})")
 
-    train("default", arch=best, n_members=members)
+    pool.submit("default", arch=best, n_members=members)
     res["default"] = str(out / "default")
     if molecule:
-        train("molecule", arch=best, n_members=members, level="molecule")
+        pool.submit("molecule", arch=best, n_members=members, level="molecule")
         res["molecule"] = str(out / "molecule")
     res["noise_models"] = {"inf": str(out / "default")}
     for n in noise_levels:
         name = f"noise_{n:.0e}".replace("+0", "")
-        train(name, arch=best, n_members=noise_members, noise=NoiseModel(counts=n))
+        pool.submit(name, arch=best, n_members=noise_members, noise=NoiseModel(counts=n))
         res["noise_models"][f"{n:g}"] = str(out / name)
     res["extrapolation_models"] = []
     n_atoms = np.asarray(table.molecules["n_atoms"])
@@ -106,10 +185,12 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     res["n_molecules_21_26_atoms"] = n_big
     if extrapolation and n_big >= 5:
         for kind in ("extrapolation", "extrapolation_18_20"):
-            train(kind, arch=best, n_members=noise_members, split=kind)
+            pool.submit(kind, arch=best, n_members=noise_members, split=kind)
             res["extrapolation_models"].append(str(out / kind))
     elif extrapolation:
         log(f"extrapolation skipped: only {n_big} molecules with 21-26 atoms in the database")
+    pool.wait()
+    pool.close()
     (out / "study.json").write_text(json.dumps(res, indent=2))
     if install:
         res["installed"] = str(install_default(out / "default", weights_dtype=weights_dtype))
@@ -160,6 +241,8 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="reuse checkpoints already under --out instead of training them again")
     p.add_argument("--notes", default=None)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many independent models at once, one process each")
     a = p.parse_args(argv)
     settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                              patience=a.patience, seed=a.seed, device=a.device,
@@ -171,7 +254,7 @@ def main(argv=None):
                     noise_members=a.noise_members, molecule=not a.no_molecule,
                     extrapolation=not a.no_extrapolation, settings=settings,
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
-                    weights_dtype=a.weights_dtype, resume=a.resume,
+                    weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
                     command="python -m napari_corefit.training.study " + " ".join(
                         sys.argv[1:] if argv is None else argv))
     print(json.dumps(res, indent=2))
