@@ -10,6 +10,8 @@ Molecules go to shards by a deterministic key (:func:`shard_key`): QM9 by blocks
 SMILES and XYZ by a hash of their key. A build claims the keys it was asked for, journals every
 finished molecule at once (a ``kill -9`` loses only molecules in flight) and writes a shard part
 from the journal when all of its molecules are done; a rerun skips what any shard or journal holds.
+Parts are written in format 2 (six compressed datasets, see :func:`write_shard`); parts of format
+1 are read too, and :func:`read_records` gives any part's records to rewrite them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import numpy as np
 from napari_corefit.backend.records import SITE_FIELDS, arrays_to_bytes, bytes_to_arrays
 
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
-           "flush_journals", "load_database", "SiteTable", "FORMAT_VERSION"]
+           "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 QM9_BLOCK = 1000
 HASH_BUCKETS = 16
 
@@ -110,23 +112,51 @@ def _shard_parts(db_dir, key):
     return sorted(Path(db_dir).glob(f"{key}.p*.h5"))
 
 
-# Small datasets are stored contiguous: a chunked, compressed dataset costs kilobytes of
-# metadata, more than a small shard's data.
-_COMPRESS_ABOVE = 4096
+# Format 2: five compound tables and one JSON document per part (format 1, read still, had ~40
+# datasets and variable-length strings: 701 bytes per site on a 308-site part, 470 now; see
+# docs/backend.md). Why this layout:
+# - a compound dataset behind the shuffle filter is split into byte planes per field, so its
+#   columns compress as well as separate datasets would, without ~300 bytes of headers each;
+# - one chunk per table (up to 1 MiB): small chunks compress worse and need an index;
+# - strings (keys, SMILES, site status and stage, equivalent atoms) as one gzipped JSON
+#   document: HDF5 variable-length strings cost 16 bytes per value plus a 4 kB heap per file,
+#   which is also why string attributes are written fixed-length;
+# - meta_block_size=0: no 2 kB metadata blocks preallocated for a file that is written once.
+_CHUNK_BYTES = 1 << 20
+_MOL_TEXT = ("key", "name", "source", "smiles", "geometry", "status")
+_SITE_TEXT = ("site_status", "site_stage", "equivalent")
+_STICKS = {"spec": {"spec_energy": np.float16, "spec_xyz": np.float16},
+           "dos": {"dos_energy": np.float16, "dos_occ": np.uint8, "dos_s": np.float16,
+                   "dos_p": np.float16, "dos_d": np.float16}}
 
 
-def _str_dataset(group, name, values):
-    data = np.array(values, dtype=object)
-    big = sum(len(v) for v in values) > _COMPRESS_ABOVE
-    group.create_dataset(name, data=data, dtype=h5py.string_dtype(),
-                         **({"compression": "gzip", "compression_opts": 9} if big else {}))
+def _table(f, name, columns):
+    """Write equal-length columns (each keeps its dtype and row shape) as one compound dataset."""
+    n = len(next(iter(columns.values())))
+    data = np.empty(n, [(k, v.dtype, v.shape[1:]) for k, v in columns.items()])
+    for k, v in columns.items():
+        data[k] = v
+    opts = dict(chunks=(min(n, max(1, _CHUNK_BYTES // data.itemsize)),), compression="gzip",
+                compression_opts=9, shuffle=True) if n else {}
+    f.create_dataset(name, data=data, **opts)
 
 
-def _arr(group, name, data):
-    data = np.asarray(data)
-    big = data.nbytes > _COMPRESS_ABOVE
-    group.create_dataset(name, data=data, **({"compression": "gzip", "compression_opts": 9,
-                                               "shuffle": True} if big else {}))
+def _read_table(ds):
+    data = ds[()]
+    return {k: np.ascontiguousarray(data[k]) for k in data.dtype.names}
+
+
+def _set_attr(f, name, value):
+    if isinstance(value, str):  # fixed-length UTF-8: a variable-length one costs a 4 kB heap
+        b = value.encode()
+        f.attrs.create(name, b, dtype=h5py.string_dtype("utf-8", max(1, len(b))))
+    else:
+        f.attrs[name] = value
+
+
+def _get_attr(f, name):
+    value = f.attrs[name]
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
@@ -143,47 +173,37 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
     records = sorted(records, key=lambda kr: kr[0])
     metas = [a["meta"] if isinstance(a["meta"], dict) else json.loads(a["meta"].tobytes())
              for _, a in records]
-    with h5py.File(tmp, "w", libver="latest") as f:
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["recipe"] = json.dumps(recipe_dict, sort_keys=True)
-        f.attrs["shard_key"] = key
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        for k, v in (extra_attrs or {}).items():
-            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
-        mol = f.create_group("molecules")
-        for name in ("key", "name", "source", "smiles", "geometry", "status"):
-            _str_dataset(mol, name, [m[name] for m in metas])
-        _arr(mol, "seconds", np.array([m["seconds"] for m in metas], np.float32))
-        _arr(mol, "gs_seconds", np.array([m["gs_seconds"] for m in metas], np.float32))
-        _arr(mol, "fermi_ev", np.array([m["fermi_ev"] for m in metas], np.float32))
-        n_atoms = np.array([a["symbols"].size for _, a in records], np.int32)
-        _arr(mol, "atom_offsets", np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int32))
-        _arr(mol, "symbols", np.concatenate([a["symbols"] for _, a in records])
-             if records else np.zeros(0, "S2"))
-        _arr(mol, "coords", np.concatenate([a["coords"] for _, a in records])
-             if records else np.zeros((0, 3), np.float32))
-        site = f.create_group("sites")
-        n_sites = np.array([a["atom_index"].size for _, a in records], np.int32)
-        _arr(site, "molecule", np.repeat(np.arange(len(records), dtype=np.int32), n_sites))
-        for name, dtype in SITE_FIELDS.items():
-            _arr(site, name, np.concatenate([a[name] for _, a in records]).astype(dtype)
-                 if records else np.zeros(0, dtype))
-        _str_dataset(site, "status", [s for m in metas for s in m["site_status"]])
-        _str_dataset(site, "stage", [s for m in metas for s in m["site_stage"]])
-        eq = [e for m in metas for e in m["equivalent"]]
-        _arr(site, "equivalent_offsets",
-             np.concatenate([[0], np.cumsum([len(e) for e in eq])]).astype(np.int32))
-        _arr(site, "equivalent", np.array([i for e in eq for i in e], np.int16))
-        for prefix in ("spec", "dos"):
-            counts = np.concatenate([a[f"{prefix}_count"] for _, a in records]) \
-                if records else np.zeros(0, np.int32)
-            _arr(site, f"{prefix}_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(
-                np.int32))
-        for name in ("spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p",
-                     "dos_d"):
-            _arr(site, name, np.concatenate([a[name] for _, a in records]))
-        f.attrs["n_molecules"] = len(records)
-        f.attrs["n_sites"] = int(n_sites.sum())
+
+    def cat(name, dtype, tail=()):
+        return (np.concatenate([a[name] for _, a in records]).astype(dtype) if records
+                else np.zeros((0,) + tail, dtype))
+
+    n_sites = np.array([a["atom_index"].size for _, a in records], np.int32)
+    attrs = {"format_version": FORMAT_VERSION, "recipe": json.dumps(recipe_dict, sort_keys=True),
+             "shard_key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    attrs.update({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
+                  for k, v in (extra_attrs or {}).items()})
+    attrs.update(n_molecules=len(records), n_sites=int(n_sites.sum()))
+    text = {name: [m[name] for m in metas] for name in _MOL_TEXT + _SITE_TEXT}
+    with h5py.File(tmp, "w", libver="latest", meta_block_size=0) as f:
+        for k, v in attrs.items():
+            _set_attr(f, k, v)
+        blob = np.frombuffer(json.dumps(text).encode(), np.uint8)
+        f.create_dataset("strings", data=blob, chunks=(min(blob.size, _CHUNK_BYTES),),
+                         compression="gzip", compression_opts=9)
+        _table(f, "molecules", {
+            **{name: np.array([m[name] for m in metas], np.float32)
+               for name in ("seconds", "gs_seconds", "fermi_ev")},
+            "n_atoms": np.array([a["symbols"].size for _, a in records], np.int32)})
+        _table(f, "atoms", {"symbol": cat("symbols", "S2"),
+                            "coords": cat("coords", np.float32, (3,))})
+        _table(f, "sites", {
+            **{name: cat(name, dtype) for name, dtype in SITE_FIELDS.items()},
+            "molecule": np.repeat(np.arange(len(records), dtype=np.int32), n_sites),
+            "spec_count": cat("spec_count", np.int32), "dos_count": cat("dos_count", np.int32)})
+        for table, fields in _STICKS.items():
+            _table(f, table, {name: cat(name, dtype, (3,) if name == "spec_xyz" else ())
+                              for name, dtype in fields.items()})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
@@ -207,8 +227,8 @@ def finished_keys(db_dir, shard=None) -> set:
     keys = set()
     for p in sorted(Path(db_dir).glob(f"{shard}.p*.h5" if shard else "*.h5")):
         with h5py.File(p, "r") as f:
-            keys.update(k.decode() if isinstance(k, bytes) else k
-                        for k in f["molecules/key"][()])
+            keys.update(_read_str(f["molecules/key"]) if _format(f) == 1
+                        else json.loads(f["strings"][()].tobytes())["key"])
     return keys
 
 
@@ -335,6 +355,75 @@ def _read_str(ds):
     return np.array([v.decode() if isinstance(v, bytes) else v for v in ds[()]], dtype=object)
 
 
+def _format(f):
+    version = int(f.attrs["format_version"])
+    if not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{f.filename}: shard format {version}; this napari-corefit reads "
+                         f"formats 1..{FORMAT_VERSION} (upgrade napari-corefit?)")
+    return version
+
+
+def _offsets(counts, dtype=np.int32):
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(dtype)
+
+
+def _read_part(f):
+    """Molecule and site arrays of an open shard part (format 1 layout, whatever the format)."""
+    if _format(f) == 1:
+        mol = {n: _read_str(f[f"molecules/{n}"]) for n in _MOL_TEXT}
+        for n in ("seconds", "gs_seconds", "fermi_ev", "atom_offsets", "symbols", "coords"):
+            mol[n] = f[f"molecules/{n}"][()]
+        s = {n: f[f"sites/{n}"][()] for n in list(SITE_FIELDS) + ["molecule",
+             "equivalent_offsets", "equivalent", "spec_offsets", "dos_offsets",
+             "spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p", "dos_d"]}
+        s["status"] = _read_str(f["sites/status"])
+        s["stage"] = _read_str(f["sites/stage"])
+        return mol, s
+    text = json.loads(f["strings"][()].tobytes())
+    mol = {n: np.array(text[n], dtype=object) for n in _MOL_TEXT}
+    mol.update(_read_table(f["molecules"]))
+    atoms = _read_table(f["atoms"])
+    mol.update(atom_offsets=_offsets(mol.pop("n_atoms")), symbols=atoms["symbol"],
+               coords=atoms["coords"])
+    s = _read_table(f["sites"])
+    for table in _STICKS:
+        s.update(_read_table(f[table]))
+        s[f"{table}_offsets"] = _offsets(s.pop(f"{table}_count"))
+    eq = [e for per_molecule in text["equivalent"] for e in per_molecule]
+    s["equivalent_offsets"] = _offsets([len(e) for e in eq])
+    s["equivalent"] = np.array([i for e in eq for i in e], np.int16)
+    for name, field in (("status", "site_status"), ("stage", "site_stage")):
+        s[name] = np.array([v for per_molecule in text[field] for v in per_molecule], dtype=object)
+    return mol, s
+
+
+def read_records(path) -> list:
+    """Records ``[(molecule_key, arrays), ...]`` of one shard part, as `write_shard` takes them.
+
+    Lets old parts be rewritten in the current format (and tests check round trips).
+    """
+    with h5py.File(path, "r") as f:
+        mol, s = _read_part(f)
+    ao, eo = mol["atom_offsets"], s["equivalent_offsets"]
+    records = []
+    for m, key in enumerate(mol["key"]):
+        idx = np.flatnonzero(s["molecule"] == m)  # a molecule's sites are contiguous
+        a = {"symbols": mol["symbols"][ao[m]:ao[m + 1]], "coords": mol["coords"][ao[m]:ao[m + 1]]}
+        a.update({n: s[n][idx] for n in SITE_FIELDS})
+        for prefix, fields in _STICKS.items():
+            off = s[f"{prefix}_offsets"]
+            a[f"{prefix}_count"] = (off[idx + 1] - off[idx]).astype(np.int32)
+            lo, hi = (off[idx[0]], off[idx[-1] + 1]) if idx.size else (0, 0)
+            a.update({n: s[n][lo:hi] for n in fields})
+        a["meta"] = {n: str(mol[n][m]) for n in _MOL_TEXT}
+        a["meta"].update({n: float(mol[n][m]) for n in ("seconds", "gs_seconds", "fermi_ev")})
+        a["meta"].update(site_status=[str(v) for v in s["status"][idx]],
+                         site_stage=[str(v) for v in s["stage"][idx]],
+                         equivalent=[s["equivalent"][eo[i]:eo[i + 1]].tolist() for i in idx])
+        records.append((str(key), a))
+    return records
+
+
 def load_database(path) -> SiteTable:
     """Read every finished shard of a database directory (or one shard file).
 
@@ -355,22 +444,14 @@ def load_database(path) -> SiteTable:
         except OSError as exc:
             raise OSError(f"{p}: not a readable database shard ({exc})") from None
         with f:
-            recipes.append(f.attrs["recipe"])
-            keys = _read_str(f["molecules/key"])
+            recipes.append(_get_attr(f, "recipe"))
+            mol, s = _read_part(f)
+            keys = mol["key"]
             fresh = np.array([k not in seen for k in keys], dtype=bool)
             if not fresh.all():
                 warnings.warn(f"{p.name}: {int((~fresh).sum())} molecules already in another "
                               "shard are skipped")
             seen.update(keys)
-            mol = {n: _read_str(f[f"molecules/{n}"]) for n in
-                   ("key", "name", "source", "smiles", "geometry", "status")}
-            for n in ("seconds", "gs_seconds", "fermi_ev", "atom_offsets", "symbols", "coords"):
-                mol[n] = f[f"molecules/{n}"][()]
-            s = {n: f[f"sites/{n}"][()] for n in list(SITE_FIELDS) + ["molecule",
-                 "equivalent_offsets", "equivalent", "spec_offsets", "dos_offsets",
-                 "spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p", "dos_d"]}
-            s["status"] = _read_str(f["sites/status"])
-            s["stage"] = _read_str(f["sites/stage"])
         mol_parts.append((mol, fresh))
         site_parts.append(s)
     return _concat(mol_parts, site_parts, recipes, shards, path)
