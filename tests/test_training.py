@@ -215,15 +215,33 @@ def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_pa
     from napari_corefit.training.study import run_study
 
     kw = dict(archs=("paper_mlp",), compare_members=1, members=2, noise_levels=(1e3,),
-              molecule=False, extrapolation=False, progress=False,
+              molecule=False, extrapolation=False, progress=False, learning_curve=(0.5,),
               settings=TrainSettings(epochs=3, device="cpu", threads=1))
     run_study(tiny_db, tmp_path / "serial", **kw)
-    res = run_study(tiny_db, tmp_path / "parallel", jobs=2, **kw)
+    res = run_study(tiny_db, tmp_path / "parallel", jobs=2, card=tmp_path / "card.md", **kw)
     assert json.loads((tmp_path / "parallel" / "study.json").read_text())["chosen_arch"] == \
         res["chosen_arch"] == "paper_mlp"
-    for name in ("default", "noise_1e3"):
+    # the learning-curve model saw fewer training sites, the same test molecules
+    half, full = (load_model(tmp_path / "parallel" / n).config for n in ("lc_0.5", "default"))
+    assert 0 < half["rows"]["train"] < full["rows"]["train"]
+    assert half["rows"]["test"] == full["rows"]["test"]
+    assert "## Learning curve" in (tmp_path / "card.md").read_text()
+    for name in ("default", "noise_1e3", "lc_0.5"):
         a = load_model(tmp_path / "serial" / name).ensemble.state_dict()
         b = load_model(tmp_path / "parallel" / name).ensemble.state_dict()
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_training_subsets_are_nested_and_rebuilt_from_the_checkpoint_settings():
+    from napari_corefit.training.splits import make_split, split_from_dict, subsample_train
+
+    keys = [f"qm9:{i:06d}" for i in range(2000)]
+    sp = make_split("random", keys, seed=3)
+    quarter, half = (subsample_train(sp, keys, f) for f in (0.25, 0.5))
+    assert set(quarter.train) < set(half.train) < set(sp.train)
+    assert abs(len(half.train) / len(sp.train) - 0.5) < 0.05
+    assert (half.test == sp.test).all() and (half.val == sp.val).all()
+    again = split_from_dict(half.settings(), keys)
+    assert (again.train == half.train).all() and again.train_fraction == 0.5

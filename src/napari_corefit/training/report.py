@@ -40,6 +40,16 @@ SMALL_DATABASE_SITES = 5000
 TEST_COUNTS = (1e2, 1e3, 1e4, 1e5, None)
 
 
+def _pyplot():
+    # a headless backend: the card is written by scripts and CI, never shown
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _fmt(x, digits=4):
     if x is None:
         return "–"
@@ -56,10 +66,7 @@ def _n_label(n):
 
 def plot_examples(ev, path, title):
     """Best, median and worst test rows (by total MSE): truth vs prediction with the ±2σ band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from napari_corefit.spectra.grids import EnergyGrid
     from napari_corefit.training.metrics import normalise_prediction
@@ -92,10 +99,7 @@ def plot_examples(ev, path, title):
 
 def plot_history(model_dir, path):
     """Training and validation loss of every member (from the checkpoint's history.npz)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     f = Path(model_dir) / "history.npz"
     if not f.is_file():
@@ -144,10 +148,7 @@ def noise_study(models, table, test_counts=TEST_COUNTS):
 
 def plot_noise(study, path):
     """Test MSE (occupied and unoccupied) against test counts, one line per training level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     trains = sorted({k[0] for k in study}, key=lambda n: np.inf if n is None else n)
     tests = sorted({k[1] for k in study}, key=lambda n: np.inf if n is None else n)
@@ -216,6 +217,74 @@ def mean_baseline(loaded, table, ev_test):
     return summary
 
 
+def learning_curve(models, table) -> list:
+    """Test metrics of models trained on growing shares of the same training molecules.
+
+    Returns a list of dicts (share, training rows and molecules, test summary), by share.
+    """
+    out = []
+    for share, d in sorted(models.items()):
+        lm = load_model(d)
+        s = evaluate_model(lm, table, split="test").summary
+        out.append({"share": float(share), "train_rows": lm.config.get("rows", {}).get("train"),
+                    "train_molecules": lm.config["split"]["sizes"]["train"],
+                    "members": lm.n_members, **s})
+    return out
+
+
+def power_law_goal(n, cosine, goal):
+    """Fit ``1 - cosine = a * n**-b`` (least squares in log-log) and return (a, b, n_goal): the
+    training-set size at which the fit reaches ``goal``; None where the fit does not fall.
+    """
+    n, err = np.asarray(n, float), 1.0 - np.asarray(cosine, float)
+    ok = (n > 0) & (err > 0)
+    if ok.sum() < 3:
+        return None
+    slope, intercept = np.polyfit(np.log(n[ok]), np.log(err[ok]), 1)
+    b, a = -slope, float(np.exp(intercept))
+    if b <= 0:
+        return a, b, None
+    return a, b, float((a / (1.0 - goal)) ** (1.0 / b))
+
+
+def learning_curve_section(models, table, png, rel) -> list:
+    """Model-card lines (table, fit, plot) for :func:`learning_curve`."""
+    plt = _pyplot()
+
+    lc = learning_curve(models, table)
+    L = ["## Learning curve", "",
+         "The same architecture and split, trained on nested shares of the training molecules "
+         f"({lc[0]['members']} member each), tested on the same held-out molecules, noise-free:",
+         "", "| share | training molecules | training sites | MSE occ. | MSE unocc. | "
+         "cos occ. median | cos unocc. median |", "|---|---|---|---|---|---|---|"]
+    for r in lc:
+        L.append(f"| {r['share']:g} | {r['train_molecules']} | {r['train_rows']} | "
+                 f"{_fmt(r['mse_occupied'])} | {_fmt(r['mse_unoccupied'])} | "
+                 f"{r['cosine_median_occupied']:.3f} | {r['cosine_median_unoccupied']:.3f} |")
+    n = [r["train_rows"] or 0 for r in lc]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    L.append("")
+    for part, goal, color in (("occupied", 0.93, "C0"), ("unoccupied", 0.97, "C1")):
+        cos = [r[f"cosine_median_{part}"] for r in lc]
+        ax.plot(n, [1 - c for c in cos], "o-", color=color, label=f"{part} (goal {goal})")
+        ax.axhline(1 - goal, color=color, ls=":", lw=1)
+        fit = power_law_goal(n, cos, goal)
+        if fit and fit[2]:
+            L.append(f"- {part}: 1 − median cosine ≈ {fit[0]:.3g} · n^−{fit[1]:.2f}; extended "
+                     f"naively, the goal {goal} would need ≈ {fit[2]:,.0f} training sites (a "
+                     "power law fitted to a few points; a projection, not a measurement).")
+        elif fit:
+            L.append(f"- {part}: the error does not fall with more data over this range.")
+    ax.set(xscale="log", yscale="log", xlabel="training sites", ylabel="1 − median cosine "
+           "(test molecules)", title="Learning curve")
+    ax.legend(fontsize=8)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    L += ["", f"![learning curve]({rel(png)})", ""]
+    return L
+
+
 def _metrics_rows(summaries):
     head = ("| evaluation | sites | molecules | MSE occ. | MSE unocc. | MSE total | cos occ. "
             "median / p10 | cos unocc. median / p10 | peak ±0.5 eV | inside ±2σ |")
@@ -245,7 +314,7 @@ def _describe_db(table, cfg):
 
 def write_model_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
                      extrapolation_models=None, arch_models=None, notes=None, history_dir=None,
-                     reproduce=None):
+                     reproduce=None, learning_curve_models=None):
     """Evaluate the given checkpoints on a database and write the model card and its plots.
 
     Parameters
@@ -271,6 +340,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         Where the default model's ``history.npz`` lies, when not beside it (an installed copy).
     reproduce : str, optional
         The command that trained the models and wrote this card.
+    learning_curve_models : dict, optional
+        Share of the training molecules -> checkpoint directory (same split otherwise).
     """
     from napari_corefit.backend import load_database
 
@@ -412,6 +483,10 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         L += ["", f"Test spectra the engine masked (no first peak found) and left out: "
               f"{unusable}.", "", f"![noise study]({rel(images / 'model_noise.png')})", ""]
 
+    if learning_curve_models:
+        L += learning_curve_section(learning_curve_models, table,
+                                    images / "model_learning_curve.png", rel)
+
     if extrapolation_models:
         L += ["## Extrapolation to larger molecules", "",
               "Train on small molecules, test on QM9 molecules with 21–26 atoms (H counted), "
@@ -497,6 +572,8 @@ def main(argv=None):
                    help="a model trained at N counts (inf = noise-free); repeat")
     p.add_argument("--extrapolation-model", action="append", metavar="DIR")
     p.add_argument("--arch-model", action="append", metavar="NAME=DIR")
+    p.add_argument("--learning-curve-model", action="append", metavar="SHARE=DIR",
+                   help="a model trained on that share of the training molecules; repeat")
     p.add_argument("--notes")
     p.add_argument("--out", default="docs/MODEL_CARD.md")
     p.add_argument("--images", default="docs/images")
@@ -504,7 +581,8 @@ def main(argv=None):
     path = write_model_card(a.db, a.model, a.out, a.images, molecule_model=a.molecule_model,
                             noise_models=_pairs(a.noise_model, parse_counts),
                             extrapolation_models=a.extrapolation_model,
-                            arch_models=_pairs(a.arch_model, str), notes=a.notes)
+                            arch_models=_pairs(a.arch_model, str), notes=a.notes,
+                            learning_curve_models=_pairs(a.learning_curve_model, float))
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

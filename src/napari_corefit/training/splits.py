@@ -13,12 +13,12 @@ recompute a checkpoint's test set on a larger database.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 __all__ = ["Split", "SPLIT_KINDS", "key_uniform", "random_split", "extrapolation_split",
-           "make_split", "split_from_dict"]
+           "make_split", "split_from_dict", "subsample_train"]
 
 #: Split designs: name -> settings (SPEC section 3, the paper's designs).
 SPLIT_KINDS = {
@@ -42,6 +42,9 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    #: share of the training molecules kept (a learning curve's point; validation and test
+    #: molecules are never subsampled)
+    train_fraction: float = 1.0
 
     def settings(self) -> dict:
         """JSON-able description from which :func:`split_from_dict` rebuilds the split."""
@@ -144,8 +147,30 @@ def make_split(kind, keys, n_atoms=None, seed=0, eligible=None, **kwargs) -> Spl
                                **settings)
 
 
+def subsample_train(split, keys, fraction) -> Split:
+    """The same split with only ``fraction`` of its training molecules (chosen by a hash of the
+    key with a seed of its own, so the smaller training sets are nested: 1/4 is inside 1/2).
+    """
+    fraction = float(fraction)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"training fraction must be in (0, 1], got {fraction}")
+    u = key_uniform([str(keys[i]) for i in split.train], seed=split.seed + _SUBSAMPLE_SEED)
+    return replace(split, train=split.train[u < fraction],
+                   train_fraction=split.train_fraction * fraction)
+
+
+#: offset of the subsampling hash's seed from the split's, so that it is independent of the parts
+_SUBSAMPLE_SEED = 7919
+
+
 def split_from_dict(settings, keys, n_atoms=None, eligible=None) -> Split:
     """Rebuild a split from :meth:`Split.settings` on a (possibly larger) database."""
+    sp = _split_from_dict(settings, keys, n_atoms, eligible)
+    fraction = settings.get("train_fraction", 1.0)
+    return sp if fraction == 1.0 else subsample_train(sp, keys, fraction)
+
+
+def _split_from_dict(settings, keys, n_atoms, eligible):
     kind = settings["kind"]
     if kind == "random":
         return random_split(keys, seed=settings["seed"], fractions=settings["fractions"],

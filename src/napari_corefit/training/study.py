@@ -10,6 +10,7 @@ said otherwise):
 2. the default site-level ensemble of the winner;
 3. the molecule-level ensemble;
 4. the noise study: one model per training noise level;
+   the learning curve: one model per share of the training molecules;
 5. the extrapolation designs, when the database holds molecules with 21-26 atoms;
 6. the model card (:mod:`napari_corefit.training.report`), and optionally installing the default
    as the package's bundled model.
@@ -137,13 +138,15 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
-              jobs=1):
+              jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0)):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
     interrupted or identical run) is loaded instead of trained again. With ``jobs`` > 1,
     independent models train in that many processes at once (same results as one by one: each
-    model's seeds do not depend on the order).
+    model's seeds do not depend on the order). ``learning_curve`` lists shares of the training
+    molecules to train one model each on (``noise_members`` members; same validation and test
+    molecules): test accuracy against training-set size.
     """
     from napari_corefit.backend import load_database
 
@@ -179,6 +182,11 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         name = f"noise_{n:.0e}".replace("+0", "")
         pool.submit(name, arch=best, n_members=noise_members, noise=NoiseModel(counts=n))
         res["noise_models"][f"{n:g}"] = str(out / name)
+    res["learning_curve_models"] = {}
+    for f in learning_curve:
+        name = f"lc_{f:g}"
+        pool.submit(name, arch=best, n_members=noise_members, train_fraction=f)
+        res["learning_curve_models"][f"{f:g}"] = str(out / name)
     res["extrapolation_models"] = []
     n_atoms = np.asarray(table.molecules["n_atoms"])
     n_big = int(((n_atoms >= 21) & (n_atoms <= 26)).sum())
@@ -207,6 +215,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                                        res["noise_models"].items()},
                          extrapolation_models=res["extrapolation_models"] or None,
                          arch_models=res["arch_models"], notes=notes,
+                         learning_curve_models={float(k): v for k, v in
+                                                res["learning_curve_models"].items()},
                          history_dir=res["default"], reproduce=command)
     return res
 
@@ -241,6 +251,8 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="reuse checkpoints already under --out instead of training them again")
     p.add_argument("--notes", default=None)
+    p.add_argument("--learning-curve", default="0.125,0.25,0.5,1",
+                   help="shares of the training molecules, one model each ('' for none)")
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many independent models at once, one process each")
     a = p.parse_args(argv)
@@ -255,6 +267,8 @@ def main(argv=None):
                     extrapolation=not a.no_extrapolation, settings=settings,
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
+                    learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
+                                         if x.strip()),
                     command="python -m napari_corefit.training.study " + " ".join(
                         sys.argv[1:] if argv is None else argv))
     print(json.dumps(res, indent=2))

@@ -18,7 +18,7 @@ from napari_corefit.training.dataset import (build_curves, default_preprocess_co
 from napari_corefit.training.evaluate import evaluate_model
 from napari_corefit.training.loop import TrainSettings, train_ensemble
 from napari_corefit.training.noise import NoiseModel
-from napari_corefit.training.splits import make_split
+from napari_corefit.training.splits import make_split, subsample_train
 
 __all__ = ["train_model", "database_recipe"]
 
@@ -43,7 +43,7 @@ def _log(msg, progress):
 
 def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp",
                 arch_options=None, split="random", seed=0, settings=None, progress=True,
-                table=None, preprocess_config=None):
+                table=None, preprocess_config=None, train_fraction=1.0):
     """Train an ensemble on a database, evaluate it on its test molecules and save it.
 
     Parameters
@@ -71,6 +71,9 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     preprocess_config : PreprocessConfig, optional
         The engine's preprocessing the model is trained for (default: its defaults), e.g.
         with Savitzky-Golay smoothing; stored in the checkpoint.
+    train_fraction : float
+        Train on this share of the split's training molecules (a learning curve); validation
+        and test molecules are the same as with 1.
 
     Returns
     -------
@@ -93,6 +96,8 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     eligible = np.zeros(len(keys), bool)
     eligible[rows.molecule] = True
     sp = make_split(split, keys, n_atoms, seed=seed, eligible=eligible)
+    if train_fraction != 1.0:
+        sp = subsample_train(sp, keys, train_fraction)
     train, val, test = (rows.in_molecules(getattr(sp, k)) for k in ("train", "val", "test"))
     _log(f"{level}-level rows: {len(rows)} from {eligible.sum()} molecules; split {split}: "
          f"train {len(train)}, validation {len(val)}, test {len(test)} rows", progress)
@@ -126,6 +131,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
                          table.sites["ok"]))},
         "recipe": database_recipe(table),
         "split": sp.settings(),
+        "rows": {"train": len(train), "val": len(val), "test": len(test)},
         "training": {**settings.to_dict(), "n_members": n_members,
                      "members": [{k: v for k, v in h.items() if k not in ("train_loss",
                                                                           "val_loss")}
