@@ -9,7 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
   echo "machine and command. The topic files (results_*.md) are the sources; this file is"
   echo "assembled from them by \`benchmarks/make_results.sh\`."
   echo
-  for f in results_backend.md results_preprocess.md results_inference.md results_end_to_end.md; do
+  for f in results_backend.md results_preprocess.md results_inference.md results_big_si.md \
+           results_end_to_end.md; do
     [ -f "$f" ] || continue
     sed -e 's/^## /### /' -e 's/^# /## /' "$f"
     echo
