@@ -337,7 +337,8 @@ def _survey_and_checks(signal, path: Path, notes: list) -> np.ndarray:
             [_block_stats(flat[i: i + rows]) for i in range(0, len(flat), rows)]
             or [np.zeros((0, 3))]
         ).reshape(data.shape[:-1] + (3,))
-    survey = stats[..., 0]
+    # a copy, not a view: a view would keep the whole (..., 3) stats array alive with the SI
+    survey = np.array(stats[..., 0], dtype=np.float64)
     bad = int(stats[..., 1].sum())
     negative = int(stats[..., 2].sum())
 
@@ -352,7 +353,7 @@ def _survey_and_checks(signal, path: Path, notes: list) -> np.ndarray:
         _note(notes, path, f"{negative} channel values ({fraction:.2%}) are negative: the data "
                            "are not raw counts (dark reference or background already "
                            "subtracted?); noise estimates assume counts")
-    return np.asarray(survey, dtype=np.float64).reshape(_as_2d(data.shape[:-1]))
+    return survey.reshape(_as_2d(data.shape[:-1]))
 
 
 def _as_2d(nav_shape: tuple) -> tuple[int, int]:
