@@ -36,9 +36,9 @@ def _journal_count(db):
     return n + sum(h5py.File(p, "r").attrs["n_molecules"] for p in Path(db).glob("*.h5"))
 
 
-def _start(smiles_file, db):
+def _start(smiles_file, db, workers=1):
     cmd = [sys.executable, "-m", "napari_corefit.cli", "db", "build", "--smiles",
-           str(smiles_file), "-o", str(db), "--workers", "1", "--quiet"]
+           str(smiles_file), "-o", str(db), "--workers", str(workers), "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -80,6 +80,25 @@ def test_kill_and_resume(tmp_path):
     proc = _start(smiles_file, db)
     _, err = proc.communicate(timeout=300)
     assert b'"computed": 0' in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path, sig):
+    smiles_file = tmp_path / "mols.smi"
+    smiles_file.write_text("\n".join(f"{s} m{i}" for i, s in enumerate(SMILES)) + "\n")
+    db = tmp_path / "db"
+    proc = _start(smiles_file, db, workers=2)
+    t0 = time.time()
+    while _journal_count(db) < 1 and time.time() - t0 < 300 and proc.poll() is None:
+        time.sleep(0.05)
+    done = _journal_count(db)
+    proc.send_signal(sig)  # to the parent only, as `kill PID` does
+    proc.communicate(timeout=20)  # not minutes: molecules in progress are dropped
+    assert proc.returncode == 130
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left behind in the session
+        os.killpg(proc.pid, 0)
+    assert _journal_count(db) >= done >= 1
 
 
 def test_dask_runner_matches_local(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -108,11 +109,17 @@ def _molecules(args):
     return keep[: args.limit] if args.limit else keep
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _build(args):
     from napari_corefit.backend.recipe import Recipe
     from napari_corefit.backend.runner import build_database
 
     recipe = Recipe.from_dict(json.loads(args.recipe.read_text())) if args.recipe else Recipe()
+    # `kill PID` stops a build like Ctrl-C: the workers are stopped with it, not orphaned
+    signal.signal(signal.SIGTERM, _interrupt)
     mols = _molecules(args)
     print(f"corefit db build: {len(mols)} molecules, "
           f"{sum(len(m.carbons) for m in mols)} carbons -> {args.output}", file=sys.stderr)

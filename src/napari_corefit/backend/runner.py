@@ -198,8 +198,9 @@ def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
                 break
             handle(*compute_record(m, recipe, timeout))
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                               initargs=(threads,))
+    try:
         pending, queue = set(), list(reversed(todo))
         while queue or pending:
             while queue and len(pending) < 2 * workers and (stop_at is None or
@@ -212,6 +213,14 @@ def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
                 handle(*fut.result())
             if stop_at is not None and time.monotonic() > stop_at:
                 queue.clear()
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM, see backend.cli): stop now instead of waiting minutes for the
+        # molecules in progress. Finished ones are in the journal; a rerun computes the others.
+        for proc in list((pool._processes or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _run_dask(todo, recipe, timeout, scheduler, handle, stop_at):
