@@ -132,7 +132,19 @@ def plot_examples(truth, result, table, path, dose, n=4):
     plt.close(fig)
 
 
-def run(db, model, table, doses, seeds, size, min_distance, work, plot=None):
+def held_out_molecules(model, table):
+    """Indices of the model's test molecules in ``table`` (its split, rebuilt from its config),
+    or None when the model records no split (e.g. the tiny model trained on everything)."""
+    from napari_corefit.training.splits import split_from_dict
+
+    split = (getattr(model, "config", None) or {}).get("split")
+    if not split:
+        return None
+    keys = np.asarray(table.molecules["key"]).astype(str)
+    return split_from_dict(split, keys, np.asarray(table.molecules["n_atoms"])).test
+
+
+def run(db, model, table, doses, seeds, size, min_distance, work, plot=None, molecules=None):
     from napari_corefit import engine
     from napari_corefit.sample_data import read_truth, write_sample
     from napari_corefit.sample_data.generate import SampleSettings, make_sample
@@ -145,7 +157,7 @@ def run(db, model, table, doses, seeds, size, min_distance, work, plot=None):
                "base_o": [], "base_u": []}
         for seed in seeds:
             si, adf = make_sample(table, SampleSettings(size=size, dose=dose), seed=seed,
-                                  db_path=str(db))
+                                  molecules=molecules, db_path=str(db))
             path = write_sample(work / f"s_{dose:g}_{seed}.hspy", si, adf)
             t0 = time.perf_counter()
             res = engine.predict(str(path), model, atoms=True, device="cpu",
@@ -209,6 +221,9 @@ def main(argv=None):
     p.add_argument("--min-distance", type=int, default=None,
                    help="atom finder's minimum separation, px (default: the engine's choice, "
                    "as corefit predict --atoms makes it)")
+    p.add_argument("--molecules", choices=("test", "all"), default="test",
+                   help="place only the model's held-out test molecules (default; all molecules "
+                   "when the model has no split) or every molecule of the database")
     p.add_argument("--title", default=None, help="section title (with --append)")
     p.add_argument("--append", action="store_true",
                    help="add a section to --write-md instead of replacing the file")
@@ -229,8 +244,16 @@ def main(argv=None):
     print(f"database {db}: {table}; model {model_desc}")
     print(HEADER)
     t0 = time.perf_counter()
+    molecules = held_out_molecules(model, table) if args.molecules == "test" else None
+    if molecules is not None:
+        from napari_corefit.sample_data.generate import usable_molecules
+
+        molecules = np.intersect1d(molecules, usable_molecules(table))
+    which = ("every molecule of the database" if molecules is None else
+             f"only the model's {len(molecules)} held-out test molecules (never trained on)")
+    print(f"placing {which}")
     rows = run(db, model, table, doses, seeds, args.size, args.min_distance, work,
-               plot=(args.plot, args.plot_dose) if args.plot else None)
+               plot=(args.plot, args.plot_dose) if args.plot else None, molecules=molecules)
     ceil_o = rows[-1][1]["ceil_o"]
     ceil_u = rows[-1][1]["ceil_u"]
     ceiling_line = (f"| ceiling (noise-free site spectra, no image) | - | - | - | - | "
@@ -262,8 +285,8 @@ def main(argv=None):
             f"{json.dumps((cfg.get('database') or {}).get('path'))}.",
             f"- Samples: {args.size} x {args.size} px of 0.02 nm, probe FWHM 0.06 nm, "
             "250-330 eV in 0.2 eV channels, S/B 1 near a carbon, random molecule layout "
-            f"(`make_sample`, seeds {args.seeds}: {len(seeds)} layouts per dose); atom finding "
-            f"with {md_distance}.",
+            f"(`make_sample`, seeds {args.seeds}: {len(seeds)} layouts per dose) of {which}; "
+            f"atom finding with {md_distance}.",
             "- Dose: carbon K-edge counts of one carbon atom over the energy axis (the engine's "
             "N of an atom column is 0.7-0.8 of it: its input window and Voronoi cell).",
             "- Heavy atoms (C, N, O, F) are the truth for recall/precision (H is below the "
