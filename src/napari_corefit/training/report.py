@@ -314,7 +314,7 @@ def _describe_db(table, cfg):
 
 def write_model_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
                      extrapolation_models=None, arch_models=None, notes=None, history_dir=None,
-                     reproduce=None, learning_curve_models=None):
+                     reproduce=None, learning_curve_models=None, arch_choice=None):
     """Evaluate the given checkpoints on a database and write the model card and its plots.
 
     Parameters
@@ -342,6 +342,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         The command that trained the models and wrote this card.
     learning_curve_models : dict, optional
         Share of the training molecules -> checkpoint directory (same split otherwise).
+    arch_choice : str, optional
+        Which architecture the study chose and why (printed under the comparison).
     """
     from napari_corefit.backend import load_database
 
@@ -455,6 +457,9 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
             n_par = sum(p.numel() for p in am.ensemble.members[0].parameters())
             rows.append((f"{name} ({n_par:,} parameters/member, {am.n_members} members)", s))
         L += _metrics_rows(rows) + [""]
+        if arch_choice:
+            L += [f"Chosen on the validation molecules (the test rows above were not used for "
+                  f"the choice): {arch_choice}.", ""]
 
     if noise_models:
         models = {n: load_model(d) for n, d in noise_models.items()}

@@ -217,7 +217,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                          arch_models=res["arch_models"], notes=notes,
                          learning_curve_models={float(k): v for k, v in
                                                 res["learning_curve_models"].items()},
-                         history_dir=res["default"], reproduce=command)
+                         history_dir=res["default"], reproduce=command,
+                         arch_choice=f"`{best}`, {why}")
     return res
 
 
