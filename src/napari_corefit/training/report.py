@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -352,8 +353,8 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
     m = load_model(model_dir)
     cfg = m.config
     n_ok, by_heavy, status = _describe_db(table, cfg)
-    rel = lambda p: Path(p).relative_to(out.parent) if Path(p).is_relative_to(out.parent) \
-        else Path(p)  # noqa: E731
+    # paths as seen from the card, so that its links work wherever the repository lies
+    rel = lambda p: Path(os.path.relpath(Path(p).resolve(), out.parent.resolve()))  # noqa: E731
 
     ev_test = evaluate_model(m, table, split="test")
     summaries = [("site level, test molecules (random split)", ev_test.summary),
