@@ -118,8 +118,10 @@ def _build(args):
     from napari_corefit.backend.runner import build_database
 
     recipe = Recipe.from_dict(json.loads(args.recipe.read_text())) if args.recipe else Recipe()
-    # `kill PID` stops a build like Ctrl-C: the workers are stopped with it, not orphaned
+    # `kill PID` stops a build like Ctrl-C: the workers are stopped with it, not orphaned. SIGINT
+    # too, explicitly: a shell starting the build in the background (`... &`) ignores it
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     mols = _molecules(args)
     print(f"corefit db build: {len(mols)} molecules, "
           f"{sum(len(m.carbons) for m in mols)} carbons -> {args.output}", file=sys.stderr)
