@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -166,10 +167,9 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
     shard or a whole one.
     """
     db_dir = Path(db_dir)
-    parts = _shard_parts(db_dir, key)
-    n = 1 + max([int(p.suffixes[-2][2:]) for p in parts], default=-1)
-    final = db_dir / f"{key}.p{n:03d}.h5"
-    tmp = db_dir / f".{final.name}.tmp"
+    # a name of this writer's own: a flush and a running build may write parts of one shard at
+    # the same moment, and two writers of one temporary file fail (HDF5 file locks)
+    tmp = db_dir / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.h5.tmp"
     records = sorted(records, key=lambda kr: kr[0])
     metas = [a["meta"] if isinstance(a["meta"], dict) else json.loads(a["meta"].tobytes())
              for _, a in records]
@@ -206,9 +206,27 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
                               for name, dtype in fields.items()})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    final = _claim_part_name(db_dir, key, tmp)
     _fsync_dir(db_dir)
     return final
+
+
+def _claim_part_name(db_dir, key, tmp) -> Path:
+    """Move ``tmp`` to the next free part name, atomically: ``os.link`` fails when another
+    writer took that number first (then the next one is tried), so no part is ever replaced."""
+    while True:
+        parts = _shard_parts(db_dir, key)
+        n = 1 + max([int(p.suffixes[-2][2:]) for p in parts], default=-1)
+        final = db_dir / f"{key}.p{n:03d}.h5"
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: rename (not race-free)
+            os.replace(tmp, final)
+            return final
+        os.unlink(tmp)
+        return final
 
 
 def _fsync_dir(path):
