@@ -85,13 +85,7 @@ class PhasePeak(PeakMemory):
 
     @staticmethod
     def _status_all():
-        out = {}
-        with open("/proc/self/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("RssAnon", "RssFile", "VmHWM"):
-                    out[k] = int(v.split()[0]) * 1024
-        return out
+        return PeakMemory._status(("RssAnon", "RssFile", "VmHWM"))
 
     def _sample(self):
         st = self._status_all()

@@ -50,12 +50,12 @@ class PeakMemory:
         self._t = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _status():
+    def _status(keys=("RssAnon", "VmHWM")):
         out = {}
         with open("/proc/self/status") as f:
             for line in f:
                 k, _, v = line.partition(":")
-                if k in ("RssAnon", "VmHWM"):
+                if k in keys:
                     out[k] = int(v.split()[0]) * 1024
         return out
 
