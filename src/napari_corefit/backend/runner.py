@@ -21,7 +21,7 @@ from napari_corefit.backend.compute import MoleculeRecord, compute_molecule, set
 from napari_corefit.backend.recipe import Recipe
 from napari_corefit.backend.records import record_to_arrays
 from napari_corefit.backend.storage import (Journal, finished_keys, flush_journals,
-                                            journal_keys, shard_key, write_shard)
+                                            journal_keys, shard_key)
 
 __all__ = ["build_database", "plan_build", "compute_record"]
 

@@ -154,12 +154,12 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or TrainSettings()
     table = load_database(db)
-    log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     res = {"db": str(db), "settings": settings.to_dict(), "arch_models": {}}
 
     # independent trainings run side by side in ``jobs`` processes (one torch thread each: these
     # small networks gain little from a second thread, a second process doubles the work done)
     pool = _Trainer(db, out, table, settings, jobs=jobs, resume=resume, progress=progress)
+    log = pool.log
     for arch in archs:
         pool.submit(f"arch_{arch}", arch=arch, n_members=compare_members)
     done = pool.wait()
