@@ -157,7 +157,8 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     s = evaluate_model(m, tiny_table, split="test").summary
     assert f"| {s['n_sites']} | {s['n_molecules']} | {s['mse_occupied']:.4g} |" in text
     assert "(measured " + f"{s['cosine_median_unoccupied']:.3f}" in text
-    for png in ("model_examples_site.png", "model_training_curves.png"):
+    assert "## Uncertainty (ensemble σ)" in text
+    for png in ("model_examples_site.png", "model_training_curves.png", "model_calibration.png"):
         assert (tmp_path / "doc" / "images" / png).stat().st_size > 10_000
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "database_fingerprint",
     "git_commit",
     "resolve_device",
+    "update_config",
 ]
 
 FORMAT = "napari-corefit-model"
@@ -87,6 +88,18 @@ class LoadedModel:
     @property
     def n_members(self) -> int:
         return len(self.ensemble.members)
+
+    @property
+    def sigma_scale(self) -> np.ndarray:
+        """Factor (occupied, unoccupied) applied to the ensemble spread, shape (2,).
+
+        Fitted on the validation molecules (``corefit calibrate``, run by ``corefit train``) so
+        that ±2σ holds the nominal share of the truth; ones for an uncalibrated checkpoint.
+        """
+        scale = (self.config.get("uncertainty") or {}).get("sigma_scale")
+        if not scale:
+            return np.ones(2, dtype=np.float32)
+        return np.array([scale["occupied"], scale["unoccupied"]], dtype=np.float32)
 
     def ood_score(self, spectra) -> np.ndarray:
         """Reconstruction error of spectra by the training inputs' PCA, over its threshold.
@@ -261,6 +274,21 @@ def save_model(directory, ensemble: Ensemble, config: dict, ood: dict | None = N
     tmp_w.replace(directory / WEIGHTS_FILE)
     tmp_c.replace(directory / CONFIG_FILE)
     return directory
+
+
+def update_config(directory, changes: dict) -> dict:
+    """Replace top-level entries of a checkpoint's config.json, leaving its weights alone.
+
+    For what is learnt after training (a calibration, test metrics). Written under a temporary
+    name and renamed, like :func:`save_model`. Returns the new config.
+    """
+    path = Path(directory) / CONFIG_FILE
+    cfg = json.loads(path.read_text())
+    cfg.update(_jsonable(dict(changes)))
+    tmp = path.with_name(CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return cfg
 
 
 def _check_grid(cfg, key, expected, directory):

@@ -91,12 +91,13 @@ def _amp_dtype(amp, dev):
             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[str(amp)]
 
 
-def _mean_std(members, x, amp_dtype):
+def _mean_std(members, x, amp_dtype, scale=None):
     """Ensemble mean and std (B, 2, n_out), float32, one member at a time.
 
     Statistics are accumulated shifted by the first member (sum and sum of squares of
     y_m - y_0): one pass, no (M, B, ...) stack in memory, and no cancellation when sigma is small
-    next to the DOS itself. Matches ``torch.std`` (Bessel-corrected) to float32 rounding.
+    next to the DOS itself. Matches ``torch.std`` (Bessel-corrected) to float32 rounding. ``scale``
+    (shape (2, 1), on x's device) multiplies the std: the checkpoint's calibration.
     """
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
@@ -111,12 +112,12 @@ def _mean_std(members, x, amp_dtype):
             q.addcmul_(d, d)
     n = len(members)
     mean = y0.add_(s, alpha=1.0 / n)
-    var = q.sub_(s.mul_(s).div_(n)).div_(n - 1).clamp_(min=0)
-    return mean, var.sqrt_()
+    std = q.sub_(s.mul_(s).div_(n)).div_(n - 1).clamp_(min=0).sqrt_()
+    return mean, std if scale is None else std.mul_(scale)
 
 
 def predict_spectra(model, spectra, device="auto", batch_size=None, amp=False, progress=None,
-                    cancel=None, out=None):
+                    cancel=None, out=None, calibrated=True):
     """Ensemble mean and standard deviation of the DOS for many preprocessed spectra.
 
     Parameters
@@ -139,6 +140,9 @@ def predict_spectra(model, spectra, device="auto", batch_size=None, amp=False, p
     out : (ndarray, ndarray), optional
         Float32 arrays of shape (N, 2, n_out) (N = number of spectra) to write into, e.g.
         views of a larger preallocated result; returned as ``(mean, std)``.
+    calibrated : bool
+        Multiply the spread by the checkpoint's ``sigma_scale`` (a LoadedModel's calibration on
+        its validation molecules; bare networks have none). False gives the raw ensemble std.
 
     Returns
     -------
@@ -176,13 +180,21 @@ def predict_spectra(model, spectra, device="auto", batch_size=None, amp=False, p
             if mean.shape != (n, 2, n_out) or std.shape != (n, 2, n_out):
                 raise ValueError(f"out arrays must have shape {(n, 2, n_out)}, got "
                                  f"{mean.shape} and {std.shape}")
+        scale = _sigma_scale(model, dev) if calibrated else None
         runner = _run_cuda if dev.type == "cuda" else _run_cpu
-        runner(members, x, mean, std, dev, batch, amp_dtype, progress, cancel)
+        runner(members, x, mean, std, dev, batch, amp_dtype, progress, cancel, scale)
     finally:
         net.train(was_training)
     if out is not None:
         return out
     return mean.reshape(lead + (2, n_out)), std.reshape(lead + (2, n_out))
+
+
+def _sigma_scale(model, dev):
+    scale = getattr(model, "sigma_scale", None)
+    if scale is None or np.all(np.asarray(scale) == 1):
+        return None
+    return torch.as_tensor(np.asarray(scale, np.float32).reshape(2, 1), device=dev)
 
 
 @torch.inference_mode()
@@ -197,7 +209,7 @@ def _check(cancel, progress, done, total, msg="predicting"):
         progress(done / max(total, 1), f"{msg} {done}/{total}")
 
 
-def _run_cpu(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
+def _run_cpu(members, x, mean, std, dev, batch, amp_dtype, progress, cancel, scale=None):
     """Batches spread over ``torch.get_num_threads()`` Python threads, one torch thread each.
 
     The network is small: one batch's matrix products are too short for torch's own threads to
@@ -213,7 +225,7 @@ def _run_cpu(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
         i1 = min(i0 + batch, n)
         with torch.inference_mode():
             xb = torch.from_numpy(np.ascontiguousarray(x[i0:i1], dtype=np.float32))
-            m, s = _mean_std(members, xb, amp_dtype)
+            m, s = _mean_std(members, xb, amp_dtype, scale)
             mean[i0:i1] = m.numpy().reshape(i1 - i0, *mean.shape[1:])
             std[i0:i1] = s.numpy().reshape(i1 - i0, *std.shape[1:])
 
@@ -240,7 +252,7 @@ def _run_cpu(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
 
 
 @torch.inference_mode()
-def _run_cuda(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
+def _run_cuda(members, x, mean, std, dev, batch, amp_dtype, progress, cancel, scale=None):
     """Two pinned host slots, so that the host copies batch k+1 while the GPU works on batch k.
 
     Host -> device and device -> host copies are non-blocking from/to pinned memory; a slot is
@@ -270,7 +282,7 @@ def _run_cuda(members, x, mean, std, dev, batch, amp_dtype, progress, cancel):
                 finish(slot)
             xb = slot["x"][: i1 - i0]
             xb.copy_(torch.from_numpy(np.ascontiguousarray(x[i0:i1], dtype=np.float32)))
-            m, s = _mean_std(members, xb.to(dev, non_blocking=True), amp_dtype)
+            m, s = _mean_std(members, xb.to(dev, non_blocking=True), amp_dtype, scale)
             slot["m"][: i1 - i0].copy_(m.reshape(i1 - i0, -1), non_blocking=True)
             slot["s"][: i1 - i0].copy_(s.reshape(i1 - i0, -1), non_blocking=True)
             ev = torch.cuda.Event()

@@ -1,4 +1,4 @@
-"""``corefit train`` and ``corefit evaluate``."""
+"""``corefit train``, ``corefit evaluate`` and ``corefit calibrate``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers):
-    """Register ``train`` and ``evaluate`` on the ``corefit`` sub-command parser."""
+    """Register ``train``, ``evaluate`` and ``calibrate`` on the ``corefit`` sub-command parser."""
     from napari_corefit.model.network import ARCHITECTURES
     from napari_corefit.training.splits import SPLIT_KINDS
 
@@ -67,6 +67,21 @@ def add_parser(subparsers):
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=_evaluate)
 
+    c = subparsers.add_parser(
+        "calibrate", help="fit the ensemble's sigma scale on validation molecules",
+        description="Fit one factor per curve (occupied, unoccupied) for the ensemble's "
+        "standard deviation so that mean +- 2 sigma holds 95.4 %% of the truth values of the "
+        "model's validation molecules, and store it in the checkpoint's config.json (weights "
+        "untouched). `corefit train` does this itself; use it for older checkpoints or after "
+        "the database has grown.")
+    c.add_argument("--model", required=True, help="checkpoint directory to calibrate")
+    c.add_argument("--db", required=True, help="database directory")
+    c.add_argument("--split", default="val", choices=("val", "all"),
+                   help="val: the model's validation molecules (default); all: every site "
+                   "(for a database the model never saw)")
+    c.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
+    c.set_defaults(func=_calibrate)
+
 
 def _noise_model(text, sbr=1.0):
     from napari_corefit.training.noise import NoiseModel, parse_counts
@@ -122,5 +137,26 @@ def _evaluate(args):
               f"{s[f'cosine_median_{name}']:.3f}  10th percentile {s[f'cosine_p10_{name}']:.3f}")
     print(f"  main peak within 0.5 eV: {s['peak_within_0p5ev_fraction']:.3f}")
     if "calibration_2sigma" in s:
-        print(f"  truth inside +-2 sigma: {s['calibration_2sigma']:.3f}")
+        print(f"  truth inside +-2 sigma: {s['calibration_2sigma']:.3f} (raw ensemble spread: "
+              f"{s['calibration_2sigma_raw']:.3f})")
+    return 0
+
+
+def _calibrate(args):
+    from napari_corefit.backend import load_database
+    from napari_corefit.model.checkpoint import load_model, update_config
+    from napari_corefit.training.calibration import calibrate_model
+
+    loaded = load_model(args.model)
+    block = calibrate_model(loaded, load_database(args.db), split=args.split)
+    block["fitted_on"]["database"] = str(args.db)
+    s, b, a = (block[k] for k in ("sigma_scale", "coverage_2sigma_before",
+                                  "coverage_2sigma_after"))
+    print(f"fitted on {block['fitted_on']['n_rows']} rows of {block['fitted_on']['n_molecules']}"
+          f" molecules ({args.split})")
+    for c in ("occupied", "unoccupied"):
+        print(f"  {c:10s} sigma x {s[c]:.3g}: inside +-2 sigma {b[c]:.3f} -> {a[c]:.3f}")
+    if not args.dry_run:
+        update_config(args.model, {"uncertainty": block})
+        print(f"written to {args.model}/config.json", file=sys.stderr)
     return 0

@@ -68,7 +68,8 @@ def select_rows(cs: CurveSet, table, split, config):
 
 
 def evaluate_model(loaded, table, split="test", level=None, noise=None, device=None,
-                   seed=EVALUATION_SEED, rows: CurveSet | None = None) -> Evaluation:
+                   seed=EVALUATION_SEED, rows: CurveSet | None = None,
+                   raw_sigma=False) -> Evaluation:
     """Predict every selected row of a database with a loaded model and score it.
 
     Parameters
@@ -87,6 +88,10 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
         Seed of the noise draw.
     rows : CurveSet, optional
         Already-built rows (skips broadening; must match ``level`` and the model's grids).
+    raw_sigma : bool
+        Return and score the raw ensemble spread instead of the calibrated one (the model's
+        ``sigma_scale``; see :mod:`napari_corefit.training.calibration`). The summary always
+        gives the raw coverage as ``calibration_2sigma_raw``.
 
     Returns
     -------
@@ -114,10 +119,20 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
     y = predict(ens, x, dev)  # (M, m, 2, n)
     mean = y.mean(0)
     std = y.std(0, ddof=1) if y.shape[0] > 1 else np.zeros_like(mean)
+    raw_coverage = None
+    scale = getattr(loaded, "sigma_scale", None)
+    if y.shape[0] > 1:
+        raw_coverage = float(np.mean(np.abs(rows.targets - mean) <= 2.0 * std))
+        if scale is not None and not raw_sigma:
+            std = std * np.asarray(scale, std.dtype)[None, :, None]
     scores = per_curve_scores(mean, rows.targets, out_grid)
     # one member has no spread: calibration would be meaningless, so it is not reported
     summary = summarise(scores, std=std if y.shape[0] > 1 else None, pred=mean,
                         truth=rows.targets)
+    if raw_coverage is not None:
+        summary["calibration_2sigma_raw"] = raw_coverage
+        summary["sigma_scale"] = [float(v) for v in (np.ones(2) if raw_sigma or scale is None
+                                                     else scale)]
     n_sites = len(rows) if level == "site" else int(
         np.isin(np.asarray(table.sites["molecule"]), rows.molecule).sum())
     summary = {"level": level, "split": split, "n_rows": len(rows), "n_sites": int(n_sites),

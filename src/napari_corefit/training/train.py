@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_corefit.model.checkpoint import (database_fingerprint, fit_ood, load_model,
-                                             save_model)
+                                             save_model, update_config)
 from napari_corefit.model.network import default_arch
 from napari_corefit.spectra.grids import BROADENING_EV, DOS_GRID, SPECTRUM_GRID
 from napari_corefit.spectra.peaks import PEAK_DEFAULTS
+from napari_corefit.training.calibration import calibrate_model
 from napari_corefit.training.dataset import (build_curves, default_preprocess_config,
                                              make_inputs)
 from napari_corefit.training.evaluate import evaluate_model
@@ -143,6 +144,14 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     save_model(out, ensemble, config, ood=ood)
     # the test metrics are measured on the saved model, as a user would load it
     loaded = load_model(out)
+    if n_members > 1 and val is not train:
+        # sigma is calibrated on the validation molecules, before the test set is looked at
+        config["uncertainty"] = calibrate_model(loaded, table, split="val", rows=val)
+        s = config["uncertainty"]["sigma_scale"]
+        _log(f"sigma scale (validation molecules): occupied {s['occupied']:.3g}, unoccupied "
+             f"{s['unoccupied']:.3g}", progress)
+        update_config(out, {"uncertainty": config["uncertainty"]})
+        loaded = load_model(out)
     if len(test):
         ev = evaluate_model(loaded, table, split="test", noise=noise, rows=test)
         config["metrics"] = {"test": ev.summary}
@@ -150,8 +159,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
              f"{ev.summary['mse_unoccupied']:.4g}; median cosine occupied "
              f"{ev.summary['cosine_median_occupied']:.3f}, unoccupied "
              f"{ev.summary['cosine_median_unoccupied']:.3f}", progress)
-        save_model(out, loaded.ensemble, {**loaded.config, **{"metrics": config["metrics"]}},
-                   ood=loaded.ood)
+        update_config(out, {"metrics": config["metrics"]})
         loaded = load_model(out)
     # loss curves are kept beside the checkpoint (plots in the model card), not in config.json
     np.savez_compressed(out / "history.npz", **{
