@@ -133,11 +133,12 @@ def test_engine_default_separation_on_a_sparse_layout(tiny_table, model, tmp_pat
 def test_bundled_model_on_the_shipped_sample():
     """The demo's chain with the bundled model (skipped where none is installed).
 
-    Measured with the bundled model of 15:20 UTC (626 sites, 218 molecules): 47 of 47 heavy
-    atoms, no false column, median cosine 0.83 occupied and 0.86 unoccupied over the 28
-    carbons; predicting the sample's mean true DOS for every carbon scores 0.85 and 0.81. So the
-    model beats the average on the unoccupied DOS only: the thresholds below are what it meets,
-    and they rise as the database grows.
+    Measured with the bundled model of 2026-11-24 (two-head MLP, 4,540-site database): 47 of
+    47 heavy atoms, no false column, median cosine 0.976 occupied and 0.983 unoccupied over the
+    28 carbons, against 0.85 and 0.81 for predicting the sample's mean true DOS for every
+    carbon. The sample's 12 molecules are training molecules of the default split (seed 0), so
+    this checks the chain (reading, preprocessing, atom finding, inference, aggregation), not
+    generalisation: benchmarks/bench_end_to_end.py measures that on held-out molecules.
     """
     from napari_corefit.model import load_default
     from napari_corefit.sample_data.score import cosine
@@ -150,6 +151,8 @@ def test_bundled_model_on_the_shipped_sample():
     s = score_result(truth, engine.predict(str(sample_path()), model, atoms=True, device="cpu"))
     assert s["recall"] >= 0.95 and s["precision"] >= 0.95
     assert s["n_carbon_scored"] >= 0.95 * s["n_carbon"]
-    assert s["median_cosine_occupied"] > 0.75 and s["median_cosine_unoccupied"] > 0.80
+    assert s["median_cosine_occupied"] > 0.92 and s["median_cosine_unoccupied"] > 0.92
     mean = truth["dos"].mean(0)
-    assert s["median_cosine_unoccupied"] > np.median(cosine(mean[1], truth["dos"][:, 1]))
+    for j, curve in enumerate(("occupied", "unoccupied")):
+        baseline = np.median(cosine(mean[j], truth["dos"][:, j]))
+        assert s[f"median_cosine_{curve}"] > baseline + 0.05
