@@ -152,12 +152,16 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     m = train_model(tiny_db, tmp_path / "m", n_members=2, table=tiny_table, progress=False,
                     settings=TrainSettings(epochs=3, device="cpu"))
     card = write_model_card(tiny_db, tmp_path / "m", tmp_path / "doc" / "MODEL_CARD.md",
-                            tmp_path / "doc" / "images")
+                            tmp_path / "doc" / "images", beyond_db=tiny_db)
     text = card.read_text()
     s = evaluate_model(m, tiny_table, split="test").summary
     assert f"| {s['n_sites']} | {s['n_molecules']} | {s['mse_occupied']:.4g} |" in text
     assert "(measured " + f"{s['cosine_median_unoccupied']:.3f}" in text
     assert "## Uncertainty (ensemble σ)" in text
+    # the out-of-domain section scores every usable site of the database it is given
+    beyond = text[text.index("## Beyond the training domain"):]
+    s_all = evaluate_model(m, tiny_table, split="all").summary
+    assert f"| default model | {s_all['n_sites']} | {s_all['n_molecules']} |" in beyond
     for png in ("model_examples_site.png", "model_training_curves.png", "model_calibration.png"):
         assert (tmp_path / "doc" / "images" / png).stat().st_size > 10_000
 

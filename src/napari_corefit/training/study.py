@@ -138,7 +138,7 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
-              jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0)):
+              jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
@@ -218,7 +218,7 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                          learning_curve_models={float(k): v for k, v in
                                                 res["learning_curve_models"].items()},
                          history_dir=res["default"], reproduce=command,
-                         arch_choice=f"`{best}`, {why}")
+                         arch_choice=f"`{best}`, {why}", beyond_db=beyond_db)
     return res
 
 
@@ -252,6 +252,8 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="reuse checkpoints already under --out instead of training them again")
     p.add_argument("--notes", default=None)
+    p.add_argument("--beyond-db", default=None,
+                   help="database of molecules outside the training domain, scored in the card")
     p.add_argument("--learning-curve", default="0.125,0.25,0.5,1",
                    help="shares of the training molecules, one model each ('' for none)")
     p.add_argument("--jobs", type=int, default=1,
@@ -268,6 +270,7 @@ def main(argv=None):
                     extrapolation=not a.no_extrapolation, settings=settings,
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
+                    beyond_db=a.beyond_db,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
                     command="python -m napari_corefit.training.study " + " ".join(
