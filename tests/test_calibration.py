@@ -113,3 +113,14 @@ def test_corefit_calibrate_rewrites_the_config_and_leaves_the_weights(calibrated
     m = load_model(d)
     assert m.sigma_scale.tolist() == pytest.approx([unc["sigma_scale"]["occupied"],
                                                     unc["sigma_scale"]["unoccupied"]])
+
+
+def test_high_sigma_threshold_is_the_engines_sigma_rel_on_validation(calibrated, tiny_table):
+    from napari_corefit.engine import dos_features
+
+    unc = calibrated.config["uncertainty"]
+    assert calibrated.high_sigma_threshold == unc["sigma_rel_quantiles"]["p95"]
+    val = evaluate_model(calibrated, tiny_table, split="val")
+    sigma_rel = dos_features(val.mean, val.std)["sigma_rel"]
+    assert np.percentile(sigma_rel, 95) == pytest.approx(calibrated.high_sigma_threshold,
+                                                         rel=1e-5)

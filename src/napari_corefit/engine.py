@@ -16,7 +16,8 @@ Derived maps (each a 2-D array over the scan):
 window integrals
     Fraction of a curve's area inside a user-chosen window, e.g. ``("unoccupied", 0, 3)``.
 ``sigma_rel``
-    Ensemble spread over both curves relative to their area: sum(std) / sum(mean).
+    Ensemble spread (calibrated, see the model card) over both curves relative to their area:
+    sum(std) / sum(mean).
 ``ood``
     Out-of-distribution score (1 = the training inputs' 99th percentile).
 ``quality``
@@ -44,6 +45,7 @@ __all__ = [
     "quality_flags",
     "parse_window",
     "DEFAULT_WINDOWS",
+    "DEFAULT_SIGMA_MAX",
     "QUALITY_BITS",
     "CURVES",
 ]
@@ -132,7 +134,12 @@ def dos_features(mean, std, grid=DOS_GRID, windows=None, min_fraction=0.3):
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def quality_flags(mask, sigma_rel, ood, sigma_max=0.5, ood_max=1.0):
+#: ``sigma_rel`` flag threshold for models without a calibrated threshold of their own (raw
+#: ensemble spread, which is several times smaller than the calibrated one).
+DEFAULT_SIGMA_MAX = 0.5
+
+
+def quality_flags(mask, sigma_rel, ood, sigma_max=DEFAULT_SIGMA_MAX, ood_max=1.0):
     """Per-pixel quality bits (see :data:`QUALITY_BITS`; 0 = usable and trustworthy).
 
     Examples
@@ -418,7 +425,7 @@ def _image_signal(si, nav):
 
 def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="auto",
             batch_size=None, amp=False, chunk_pixels=32768, atoms=False, atom_options=None,
-            windows=None, sigma_max=0.5, ood_max=1.0, config=None, preprocess=None,
+            windows=None, sigma_max=None, ood_max=1.0, config=None, preprocess=None,
             progress=None, cancel=None, store=None, lowloss_options=None):
     """Predict the site DOS of every pixel (and every atom column) of a spectrum image.
 
@@ -442,7 +449,9 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
     windows : dict, optional
         Integration windows, name -> (curve, low, high) eV (default :data:`DEFAULT_WINDOWS`).
     sigma_max, ood_max : float
-        Thresholds of the quality flags.
+        Thresholds of the quality flags. ``sigma_max`` None: the model's own
+        ``high_sigma_threshold`` (the 95th percentile of its calibrated ``sigma_rel`` on clean
+        validation spectra), or :data:`DEFAULT_SIGMA_MAX` for an uncalibrated model.
     config : PreprocessConfig, optional
         Default: the checkpoint's.
     preprocess : callable, optional
@@ -502,6 +511,8 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
                           block_hook=acc.add if acc is not None else None,
                           lowloss=getattr(si, "lowloss", None), lowloss_options=lowloss_options)
 
+    if sigma_max is None:
+        sigma_max = getattr(model, "high_sigma_threshold", None) or DEFAULT_SIGMA_MAX
     feats = _features_blockwise(pred, grid, windows, max(1, chunk_pixels // _row_size(nav)))
     quality = quality_flags(pred.mask, feats["sigma_rel"], pred.ood, sigma_max, ood_max)
     map_arrays = dict(feats)

@@ -101,6 +101,14 @@ class LoadedModel:
             return np.ones(2, dtype=np.float32)
         return np.array([scale["occupied"], scale["unoccupied"]], dtype=np.float32)
 
+    @property
+    def high_sigma_threshold(self) -> float | None:
+        """``sigma_rel`` above which the engine flags a prediction as uncertain by default: the
+        95th percentile of the calibrated relative spread on the validation molecules (None for
+        an uncalibrated checkpoint)."""
+        t = (self.config.get("uncertainty") or {}).get("high_sigma_threshold")
+        return None if t is None else float(t)
+
     def ood_score(self, spectra) -> np.ndarray:
         """Reconstruction error of spectra by the training inputs' PCA, over its threshold.
 

@@ -49,8 +49,9 @@ def add_parser(subparsers):
     p.add_argument("--window", action="append", default=None, metavar="CURVE:LOW:HIGH",
                    help="DOS integration window in eV rel. E_F, e.g. unoccupied:0:3 "
                         "(repeatable; default occupied:-3:0 and unoccupied:0:3)")
-    p.add_argument("--sigma-max", type=float, default=0.5,
-                   help="flag pixels whose relative ensemble spread exceeds this (default 0.5)")
+    p.add_argument("--sigma-max", type=float, default=None,
+                   help="flag pixels whose relative ensemble spread exceeds this (default: the "
+                   "model's own threshold, the 95th percentile on its validation spectra)")
     p.add_argument("--plot", metavar="OUT.png", help="also save an overview figure")
     p.add_argument("--lazy", action="store_true", help="read the SI lazily whatever its size")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

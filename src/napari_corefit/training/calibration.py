@@ -118,7 +118,9 @@ def calibrate_model(loaded, table, split="val", target=TWO_SIGMA_COVERAGE, rows=
     -------
     dict
         The checkpoint's ``uncertainty`` block: ``sigma_scale`` per curve, how and on what it
-        was fitted, and the coverage before and after on those rows.
+        was fitted, the coverage before and after on those rows, and the quantiles of the
+        calibrated relative spread ``sigma_rel`` there; its 95th percentile is
+        ``high_sigma_threshold``, the engine's default for flagging a pixel as uncertain.
     """
     from napari_corefit.training.evaluate import evaluate_model
 
@@ -127,7 +129,12 @@ def calibrate_model(loaded, table, split="val", target=TWO_SIGMA_COVERAGE, rows=
     ev = evaluate_model(loaded, table, split=split, rows=rows, raw_sigma=True)
     scale = fit_sigma_scale(ev.mean, ev.std, ev.truth, target=target)
     before = coverage(ev.mean, ev.std, ev.truth)
-    after = coverage(ev.mean, ev.std * scale[None, :, None], ev.truth)
+    std = ev.std * scale[None, :, None]
+    after = coverage(ev.mean, std, ev.truth)
+    # the engine's sigma_rel (napari_corefit.engine.dos_features) with the calibrated spread:
+    # its high quantile on clean validation spectra is the default "high sigma" flag threshold
+    sigma_rel = std.sum((-2, -1)) / np.abs(ev.mean.sum((-2, -1)))
+    q = {f"p{p}": float(np.percentile(sigma_rel, p)) for p in (50, 95, 99)}
     return {
         "sigma_scale": {c: float(s) for c, s in zip(CHANNELS, scale)},
         "method": "per-curve factor: the target quantile of |truth - mean| / (2 sigma) "
@@ -138,4 +145,6 @@ def calibrate_model(loaded, table, split="val", target=TWO_SIGMA_COVERAGE, rows=
                       "noise_counts": ev.summary["noise_counts"]},
         "coverage_2sigma_before": {c: float(v) for c, v in zip(CHANNELS, before)},
         "coverage_2sigma_after": {c: float(v) for c, v in zip(CHANNELS, after)},
+        "sigma_rel_quantiles": q,
+        "high_sigma_threshold": q["p95"],
     }
