@@ -68,7 +68,9 @@ def score_result(truth, result, tol_nm=0.05):
         ``n_carbon``, ``n_carbon_scored`` (matched carbons the engine did not mask),
         ``cosine_occupied`` / ``cosine_unoccupied`` (per scored carbon, arrays),
         ``median_cosine_occupied`` / ``median_cosine_unoccupied``,
-        ``edge_counts_median`` (the engine's N of the matched carbon columns).
+        ``edge_counts_median`` (the engine's N of the matched carbon columns),
+        ``inside_2sigma`` (per scored carbon: share of the true DOS points, both curves,
+        inside the predicted mean +- 2 sigma; NaN without an ensemble spread).
     """
     table = result.atoms_table
     heavy = np.flatnonzero(np.asarray(truth["z"]) > 1)
@@ -79,7 +81,8 @@ def score_result(truth, result, tol_nm=0.05):
     err = np.hypot(*(true_yx[pairs[:, 0]] - found_yx[pairs[:, 1]]).T) if len(pairs) else []
 
     carbon_rows = {int(a): k for k, a in enumerate(truth["carbon"])}
-    cos_o, cos_u, edge = [], [], []
+    cos_o, cos_u, edge, inside = [], [], [], []
+    atoms_std = getattr(result, "atoms_std", None)
     usable = np.asarray(table["usable"], bool) if table is not None else np.zeros(0, bool)
     for t_i, f_i in pairs:
         k = carbon_rows.get(int(heavy[t_i]))
@@ -91,6 +94,10 @@ def score_result(truth, result, tol_nm=0.05):
         pred = result.atoms_mean[f_i]
         cos_o.append(float(cosine(pred[0], truth["dos"][k, 0])))
         cos_u.append(float(cosine(pred[1], truth["dos"][k, 1])))
+        # the spread belongs to the raw mean, which the model trains on area-normalised curves
+        sd = atoms_std[f_i] if atoms_std is not None else None
+        inside.append(float(np.mean(np.abs(truth["dos"][k] - pred) <= 2 * sd))
+                      if sd is not None and np.any(sd > 0) else np.nan)
     cos_o, cos_u = np.array(cos_o), np.array(cos_u)
     return {
         "n_true": n_true, "n_found": n_found,
@@ -102,4 +109,5 @@ def score_result(truth, result, tol_nm=0.05):
         "median_cosine_occupied": float(np.nanmedian(cos_o)) if cos_o.size else np.nan,
         "median_cosine_unoccupied": float(np.nanmedian(cos_u)) if cos_u.size else np.nan,
         "edge_counts_median": float(np.median(edge)) if edge else np.nan,
+        "inside_2sigma": np.array(inside),
     }
