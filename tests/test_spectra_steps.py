@@ -168,3 +168,15 @@ def test_spectra_imports_no_qt_napari_torch_or_hyperspy():
             "'exspy'}); print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_interpolate_rows_gives_zero_for_nan_positions_without_warning():
+    import warnings
+
+    from napari_corefit.spectra.grids import interpolate_rows
+
+    y = np.array([[0.0, 1, 2, 3], [0, 1, 2, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = interpolate_rows(np.arange(4.0), y, np.array([[0.5, 2.25], [np.nan, 1.0]]))
+    np.testing.assert_array_equal(out, [[0.5, 2.25], [0.0, 1.0]])

@@ -172,7 +172,7 @@ def interpolate_rows(x, y, x_new):
     y : array_like, shape (..., n)
     x_new : array_like, shape (k,) or (..., k)
         Where to evaluate; a per-row array gives each row its own positions (alignment).
-        Positions outside ``x`` get 0 (nothing was measured there).
+        Positions outside ``x`` (or NaN) get 0 (nothing was measured there).
 
     Returns
     -------
@@ -190,9 +190,13 @@ def interpolate_rows(x, y, x_new):
     t = (x_new - x[0]) / dx
     lead = y.shape[:-1]
     t = np.broadcast_to(t, lead + t.shape[-1:])
+    # NaN positions (a row whose alignment peak was not found) give 0 like positions outside,
+    # without casting NaN to an integer
+    finite = np.isfinite(t)
+    t = np.where(finite, t, -1.0)
     i0 = np.floor(t).astype(np.int64)
     frac = (t - i0).astype(y.dtype if np.issubdtype(y.dtype, np.floating) else np.float64)
-    inside = (i0 >= 0) & (i0 <= x.size - 1) & (t <= x.size - 1)
+    inside = finite & (i0 >= 0) & (i0 <= x.size - 1) & (t <= x.size - 1)
     i0c = np.clip(i0, 0, x.size - 1)
     i1c = np.clip(i0 + 1, 0, x.size - 1)
     y0 = np.take_along_axis(y, i0c, axis=-1)
