@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_corefit.spectra.grids import EnergyGrid
+from napari_corefit.training.calibration import coverage
 from napari_corefit.training.dataset import CurveSet, build_curves, make_inputs
 from napari_corefit.training.loop import predict
 from napari_corefit.training.metrics import per_curve_scores, summarise
@@ -122,7 +123,7 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
     raw_coverage = None
     scale = getattr(loaded, "sigma_scale", None)
     if y.shape[0] > 1:
-        raw_coverage = float(np.mean(np.abs(rows.targets - mean) <= 2.0 * std))
+        raw_coverage = float(coverage(mean, std, rows.targets).mean())
         if scale is not None and not raw_sigma:
             std = std * np.asarray(scale, std.dtype)[None, :, None]
     scores = per_curve_scores(mean, rows.targets, out_grid)

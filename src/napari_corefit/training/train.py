@@ -150,8 +150,8 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         s = config["uncertainty"]["sigma_scale"]
         _log(f"sigma scale (validation molecules): occupied {s['occupied']:.3g}, unoccupied "
              f"{s['unoccupied']:.3g}", progress)
-        update_config(out, {"uncertainty": config["uncertainty"]})
-        loaded = load_model(out)
+        # only config.json changes: the loaded weights stay valid
+        loaded.config = update_config(out, {"uncertainty": config["uncertainty"]})
     if len(test):
         ev = evaluate_model(loaded, table, split="test", noise=noise, rows=test)
         config["metrics"] = {"test": ev.summary}
@@ -159,8 +159,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
              f"{ev.summary['mse_unoccupied']:.4g}; median cosine occupied "
              f"{ev.summary['cosine_median_occupied']:.3f}, unoccupied "
              f"{ev.summary['cosine_median_unoccupied']:.3f}", progress)
-        update_config(out, {"metrics": config["metrics"]})
-        loaded = load_model(out)
+        loaded.config = update_config(out, {"metrics": config["metrics"]})
     # loss curves are kept beside the checkpoint (plots in the model card), not in config.json
     np.savez_compressed(out / "history.npz", **{
         f"member{i}_{k}": np.asarray(h[k]) for i, h in enumerate(histories)
