@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pyscf import scf
 
-from napari_corefit.backend.fastscf import fine_grid_correction, make_grids, make_ks
+from napari_corefit.backend.fastscf import make_grids, make_ks, xc_energies, xc_energy
 from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_ground_state
 from napari_corefit.backend.recipe import HARTREE_EV
 
@@ -161,11 +161,9 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
             dm0 = scf.addons.project_dm_nr2nr(mol_uniform, dm_uniform, mol)
         gs = run_ground_state(mol, recipe, dm0=dm0)
         e_gs = gs.e_tot
-        fine = None
-        if recipe.energy_grid_level is not None and recipe.energy_grid_level != \
-                recipe.grid_level:
-            fine = make_grids(mol, recipe.energy_grid_level)
-            e_gs += fine_grid_correction(gs, fine)
+        dm_gs = gs.make_rdm1()
+        regrid = recipe.energy_grid_level is not None and \
+            recipe.energy_grid_level != recipe.grid_level
         c, hole, pop0 = localise_core_hole(gs, atom)
         if pop0 < recipe.min_hole_population:
             raise _SiteFailure(f"1s orbital not localisable on atom {atom} ({pop0:.2f})")
@@ -202,7 +200,14 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
             raise _SiteFailure(f"hole escaped (population {res.hole_population:.2f} on atom)")
         if ov_hole[h] < 0.5:
             raise _SiteFailure("occupation lost: the hole left the initial 1s orbital")
-        e_x = mf.e_tot + (fine_grid_correction(mf, fine) if fine is not None else 0.0)
+        e_x = mf.e_tot
+        if regrid:
+            # both converged densities re-integrated on the fine grid in one pass (fastscf)
+            dm_x = mf.make_rdm1()
+            fine = make_grids(mol, recipe.energy_grid_level)
+            fine_gs, fine_x = xc_energies(mf, [dm_gs, dm_x], fine)
+            e_gs += fine_gs - xc_energy(gs, dm_gs, gs.grids)
+            e_x += fine_x - xc_energy(mf, dm_x, mf.grids)
         res.excitation_energy = (e_x - e_gs) * HARTREE_EV
         if not np.isfinite(res.excitation_energy):
             raise _SiteFailure("non-finite energy")

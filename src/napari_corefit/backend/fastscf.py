@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 from pyscf import dft
 
-__all__ = ["CachingNumInt", "make_ks", "xc_energy", "fine_grid_correction"]
+__all__ = ["CachingNumInt", "make_ks", "xc_energy", "xc_energies", "fine_grid_correction"]
 
 #: AO caches above this many bytes are not kept (the loop then recomputes, as PySCF does)
 MAX_CACHE_BYTES = 2_000_000_000
+#: grid points per block of a one-pass (non-cached) integration: the AO buffer stays a few MB
+FINE_BLOCK = 56 * 32
 
 
 class CachingNumInt(dft.numint.NumInt):
@@ -93,23 +95,54 @@ def make_ks(mol, recipe, unrestricted=False, share=None):
 def xc_energy(mf, dm, grids):
     """Exchange-correlation energy of density matrix ``dm`` integrated on ``grids`` (no potential).
 
-    Only the density is evaluated, about half the cost of an SCF cycle's XC step.
+    Only the density is evaluated, about half the cost of an SCF cycle's XC step. The AO values
+    come through ``mf._numint`` (cached when it is a :class:`CachingNumInt`).
     """
-    ni = mf._numint
+    return xc_energies(mf, [dm], grids, numint=mf._numint)[0]
+
+
+def xc_energies(mf, dms, grids, numint=None, blksize=FINE_BLOCK):
+    """Exchange-correlation energies of several density matrices on one grid, in one pass.
+
+    The AO values of each grid block are evaluated once and used for every density matrix, in
+    a small reused buffer: on a fine grid that is only needed once per state, this costs about a
+    third of evaluating (and caching) the AO values for each state separately
+    (docs/backend.md).
+
+    Parameters
+    ----------
+    mf : pyscf KS object
+        Gives the molecule and the functional.
+    dms : list of ndarray
+        Each ``(nao, nao)`` (closed shell) or ``(2, nao, nao)`` (alpha, beta).
+    grids : pyscf.dft.gen_grid.Grids
+    numint : NumInt, optional
+        Default: a plain (non-caching) ``NumInt`` with blocks of ``blksize`` points.
+
+    Returns
+    -------
+    list of float
+        Hartree, in the order of ``dms``.
+    """
     mol = mf.mol
-    dm = np.asarray(dm)
-    spin = 1 if dm.ndim == 3 else 0
+    ni = numint if numint is not None else dft.numint.NumInt()
+    if grids.coords is None:
+        grids.build(with_non0tab=True)
     xctype = ni._xc_type(mf.xc)
     deriv = 0 if xctype == "LDA" else 1
-    exc_total = 0.0
-    dms = dm if spin else dm[None]
-    for ao, mask, weight, _ in ni.block_loop(mol, grids, mol.nao, deriv):
-        rho = [ni.eval_rho(mol, ao, d, mask, xctype, hermi=1) for d in dms]
-        rho = tuple(rho) if spin else rho[0]
-        exc = ni.eval_xc_eff(mf.xc, rho, deriv=0, xctype=xctype, spin=spin)[0]
-        den = sum(r[0] if xctype != "LDA" else r for r in (rho if spin else (rho,)))
-        exc_total += float(np.dot(den * weight, exc))
-    return exc_total
+    dms = [np.asarray(d) for d in dms]
+    totals = [0.0] * len(dms)
+    loop_kw = {} if numint is not None else {"blksize": blksize}
+    for ao, mask, weight, _ in ni.block_loop(mol, grids, mol.nao, deriv, **loop_kw):
+        for k, dm in enumerate(dms):
+            spin = 1 if dm.ndim == 3 else 0
+            rho = [ni.eval_rho(mol, ao, d, mask, xctype, hermi=1)
+                   for d in (dm if spin else dm[None])]
+            rho = tuple(rho) if spin else rho[0]
+            exc = ni.eval_xc_eff(mf.xc, rho, deriv=0, xctype=xctype, spin=spin)[0]
+            den = sum(r[0] if xctype != "LDA" else r for r in (rho if spin else (rho,)))
+            totals[k] += float(np.dot(den * weight, exc))
+    return totals
 
 
 def fine_grid_correction(mf, fine_grids):
@@ -120,7 +153,7 @@ def fine_grid_correction(mf, fine_grids):
     density change between grids (measured in docs/backend.md).
     """
     dm = mf.make_rdm1()
-    return xc_energy(mf, dm, fine_grids) - xc_energy(mf, dm, mf.grids)
+    return xc_energies(mf, [dm], fine_grids)[0] - xc_energy(mf, dm, mf.grids)
 
 
 def make_grids(mol, level):
