@@ -65,6 +65,9 @@ def compute_record(molecule, recipe, timeout=None):
 def _init_worker(threads):
     set_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
+    # a forked worker inherits the CLI's SIGTERM handler, which raises KeyboardInterrupt: inside
+    # an SCF that can be swallowed and the worker computes on after terminate(); die at once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def plan_build(molecules, db_dir):
@@ -216,8 +219,13 @@ def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
     except KeyboardInterrupt:
         # Ctrl-C (or SIGTERM, see backend.cli): stop now instead of waiting minutes for the
         # molecules in progress. Finished ones are in the journal; a rerun computes the others.
-        for proc in list((pool._processes or {}).values()):
+        procs = list((pool._processes or {}).values())
+        for proc in procs:
             proc.terminate()
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
