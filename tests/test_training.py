@@ -79,6 +79,24 @@ def test_training_lowers_the_loss_and_round_trips_exactly(rows, tmp_path):
     assert torch.equal(load_model(tmp_path).ensemble(x), ens(x))
 
 
+def test_plateau_schedule_and_cosine_loss_options(rows):
+    from napari_corefit.training.loop import _loss
+
+    y = torch.from_numpy(rows.targets[:4])
+    assert float(_loss(y, y, cosine_weight=1.0)) == pytest.approx(0.0, abs=1e-6)
+    shifted = torch.roll(y, 5, dims=-1)
+    mse = float(_loss(shifted, y))
+    assert float(_loss(shifted, y, cosine_weight=0.01)) > mse > 0
+    # the rate halves whenever validation stalls, never below min_lr
+    settings = TrainSettings(epochs=60, lr=1e-3, batch_size=8, patience=60, device="cpu",
+                             lr_decay=0.5, lr_patience=0, min_lr=4e-4)
+    _, hist = train_member(default_arch("paper_mlp"), rows, rows, settings, seed=0,
+                           progress=False)
+    assert hist["lr"][0] == 1e-3
+    assert min(hist["lr"]) < 1e-3
+    assert set(np.round(hist["lr"], 9)) <= {1e-3, 5e-4, 4e-4}
+
+
 def test_engine_preprocessing_of_noise_free_spectra_reproduces_the_training_inputs(rows):
     # noise-free inputs come from backend.curves (fine grid); the engine aligns measured
     # spectra with its own pipeline: both must give the same model input
