@@ -286,3 +286,27 @@ def test_shard_bytes_per_site(tmp_path):
     # a real 308-site part, file overhead included: 701 bytes per site in format 1
     _, part = _rewrite(P005, tmp_path / "c")
     assert part.stat().st_size / load_database(part).n_sites < 500
+
+
+def test_timeout_counts_cpu_time_not_wall_time(monkeypatch):
+    # a molecule is failed for the computing it needs, not for time its process did not run
+    # (a suspended machine, a busy one): the limit is on CPU time
+    from napari_corefit.backend import Recipe, runner
+
+    mol = Molecule.from_smiles("C", optimise="mmff")
+
+    def sleeps(molecule, recipe):
+        time.sleep(1.5)
+        raise ValueError("slept past the limit")
+
+    def computes(molecule, recipe):
+        t0 = time.process_time()
+        while time.process_time() - t0 < 5.0:
+            sum(range(1000))
+        raise ValueError("not stopped")
+
+    for work, expected in ((sleeps, "ValueError: slept"), (computes, "timeout after 1.0 CPU s")):
+        monkeypatch.setattr(runner, "compute_molecule", work)
+        key, arrays = runner.compute_record(mol, Recipe(), timeout=1.0)
+        assert key == mol.key
+        assert expected in json.loads(arrays["meta"].tobytes())["status"]

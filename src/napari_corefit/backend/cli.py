@@ -38,7 +38,9 @@ def add_parser(sub):
     b.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     b.add_argument("--threads", type=int, help="threads per worker")
     b.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786)")
-    b.add_argument("--timeout", type=float, default=1800, help="seconds per molecule")
+    b.add_argument("--timeout", type=float, default=1800,
+                   help="CPU seconds per molecule and thread (time the machine was suspended "
+                        "or busy with other work does not count)")
     b.add_argument("--deadline", type=float, help="stop starting molecules after this many s")
     b.add_argument("--flush", action="store_true",
                    help="write shard parts from all journals at the end (before a commit)")

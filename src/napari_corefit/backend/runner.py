@@ -30,26 +30,34 @@ class _Timeout(Exception):
     pass
 
 
-def _on_alarm(signum, frame):
+def _on_timer(signum, frame):
     raise _Timeout()
 
 
+#: threads of this worker's computation: the CPU-time limit is per thread of work
+_THREADS = 1
+
+
 def compute_record(molecule, recipe, timeout=None):
-    """Worker task: compute one molecule and return ``(key, arrays)``; never raises."""
+    """Worker task: compute one molecule and return ``(key, arrays)``; never raises.
+
+    ``timeout`` is in CPU seconds (per thread of the worker): a process suspended with its
+    machine, or slowed by other work on a shared one, is not failed for time it did not run.
+    """
     t0 = time.perf_counter()
-    # SIGALRM works only in a main thread: Dask runs tasks in worker threads, where the cluster's
+    # signals reach only a main thread: Dask runs tasks in worker threads, where the cluster's
     # own limits apply instead
     timeout = timeout if threading.current_thread() is threading.main_thread() else None
     if timeout:
-        signal.signal(signal.SIGALRM, _on_alarm)
-        signal.alarm(int(timeout))
+        signal.signal(signal.SIGPROF, _on_timer)
+        signal.setitimer(signal.ITIMER_PROF, float(timeout) * _THREADS)
     try:
         rec = compute_molecule(molecule, recipe)
     except _Timeout:
         rec = MoleculeRecord(key=molecule.key, name=molecule.name, source=molecule.source,
                              smiles=molecule.smiles, geometry=molecule.geometry,
                              symbols=list(molecule.symbols), coords=molecule.coords,
-                             status=f"failed: timeout after {timeout} s")
+                             status=f"failed: timeout after {timeout} CPU s")
         rec.seconds = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - a molecule must never crash a build
         rec = MoleculeRecord(key=molecule.key, name=molecule.name, source=molecule.source,
@@ -58,11 +66,13 @@ def compute_record(molecule, recipe, timeout=None):
                              status=f"failed: {type(exc).__name__}: {exc}")
     finally:
         if timeout:
-            signal.alarm(0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     return molecule.key, record_to_arrays(rec, recipe)
 
 
 def _init_worker(threads):
+    global _THREADS
+    _THREADS = max(1, int(threads))
     set_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
     # a forked worker inherits the CLI's SIGTERM handler, which raises KeyboardInterrupt: inside
@@ -195,6 +205,8 @@ def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
     workers = workers or cores
     threads = threads or max(1, cores // workers)
     if workers == 1:
+        global _THREADS
+        _THREADS = threads
         set_threads(threads)
         for m in todo:
             if stop_at is not None and time.monotonic() > stop_at:
