@@ -222,12 +222,12 @@ def test_current_format_round_trip_is_exact(tmp_path):
 
     records, part = _rewrite(FORMAT1, tmp_path)
     with h5py.File(part, "r") as f:
-        assert f.attrs["format_version"] == FORMAT_VERSION == 2
+        assert f.attrs["format_version"] == FORMAT_VERSION == 3
     _assert_same_records(records, read_records(part))
     old, new = load_database(FORMAT1), load_database(part)
     assert old.recipe == new.recipe
     for name in ("spec_offsets", "spec_energy", "spec_xyz", "dos_offsets", "dos_energy",
-                 "dos_s", "dos_p", "dos_d", "dos_occupation"):
+                 "dos_s", "dos_p", "dos_occupation"):
         assert np.array_equal(getattr(old, name), getattr(new, name)), name
     for k, v in old.molecules.items():
         assert np.array_equal(v, new.molecules[k]), k
@@ -261,6 +261,49 @@ def test_format1_part_still_loads(tmp_path):
         both = load_database(db)
     assert both.n_molecules == 8 and both.n_sites == table.n_sites + arrays["atom_index"].size
     assert len(finished_keys(db)) == 8
+
+
+FORMAT2 = Path(__file__).parent / "data" / "shard_format2.h5"  # data/db's qm9-001000-001999.p002
+
+
+def test_format2_part_loads_beside_format3_without_its_d_weights(tmp_path):
+    from napari_corefit.backend.storage import read_records, write_shard
+
+    with h5py.File(FORMAT2, "r") as f:
+        assert f.attrs["format_version"] == 2
+        assert "dos_d" in f["dos"].dtype.names
+        n_dos = f["dos"].shape[0]
+    table = load_database(FORMAT2)
+    assert (table.n_molecules, table.n_sites) == (1, 5) and table.sites["ok"].all()
+    assert table.dos_s.size == n_dos and not hasattr(table, "dos_d")
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "qm9-001000-001999.p000.h5").write_bytes(FORMAT2.read_bytes())
+    _, arrays = read_records(FORMAT2)[0]
+    assert "dos_d" not in arrays
+    key = arrays["meta"]["key"].replace(":001", ":901")
+    part = write_shard(db, "qm9-001000-001999",
+                       [(key, dict(arrays, meta=dict(arrays["meta"], key=key)))], table.recipe)
+    with h5py.File(part, "r") as f:
+        assert f.attrs["format_version"] == 3 and "dos_d" not in f["dos"].dtype.names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = load_database(db)
+    assert both.n_sites == 10
+    half = both.dos_offsets[5]
+    assert np.array_equal(both.dos_s[:half], both.dos_s[half:])
+
+
+def test_stored_dos_weights_keep_seven_significand_bits():
+    from napari_corefit.backend.records import round_significand
+
+    rng = np.random.default_rng(0)
+    x = 10 ** rng.uniform(-3, 0, 10000)
+    r = round_significand(x, 7).astype(np.float64)
+    rel = np.abs(r - x) / x
+    assert rel.max() < 2 ** -7 + 1e-3  # half a step of 7 bits, plus float16's own rounding
+    assert np.all(r.astype(np.float16).view(np.uint16) & 0b111 == 0)  # the low 3 bits are zero
+    assert np.array_equal(round_significand(x, 10), x.astype(np.float16))
 
 
 def test_newer_format_is_refused(tmp_path):

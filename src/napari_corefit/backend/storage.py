@@ -10,8 +10,9 @@ Molecules go to shards by a deterministic key (:func:`shard_key`): QM9 by blocks
 SMILES and XYZ by a hash of their key. A build claims the keys it was asked for, journals every
 finished molecule at once (a ``kill -9`` loses only molecules in flight) and writes a shard part
 from the journal when all of its molecules are done; a rerun skips what any shard or journal holds.
-Parts are written in format 2 (six compressed datasets, see :func:`write_shard`); parts of format
-1 are read too, and :func:`read_records` gives any part's records to rewrite them.
+Parts are written in format 3 (six compressed datasets, see :func:`write_shard`); parts of formats
+1 and 2 are read too (their d-shell DOS weights are ignored), and :func:`read_records` gives any
+part's records to rewrite them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from napari_corefit.backend.records import SITE_FIELDS, arrays_to_bytes, bytes_t
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
            "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 QM9_BLOCK = 1000
 HASH_BUCKETS = 16
 
@@ -114,8 +115,9 @@ def _shard_parts(db_dir, key):
 
 
 # Format 2: five compound tables and one JSON document per part (format 1, read still, had ~40
-# datasets and variable-length strings: 701 bytes per site on a 308-site part, 470 now; see
-# docs/backend.md). Why this layout:
+# datasets and variable-length strings: 701 bytes per site on a 308-site part, 470 in format 2;
+# see docs/backend.md). Format 3 (2026-11-24): the same tables without the DOS d weights, and
+# s, p weights with 7 significand bits (records.py). Why this layout:
 # - a compound dataset behind the shuffle filter is split into byte planes per field, so its
 #   columns compress as well as separate datasets would, without ~300 bytes of headers each;
 # - one chunk per table (up to 1 MiB): small chunks compress worse and need an index;
@@ -128,7 +130,7 @@ _MOL_TEXT = ("key", "name", "source", "smiles", "geometry", "status")
 _SITE_TEXT = ("site_status", "site_stage", "equivalent")
 _STICKS = {"spec": {"spec_energy": np.float16, "spec_xyz": np.float16},
            "dos": {"dos_energy": np.float16, "dos_occ": np.uint8, "dos_s": np.float16,
-                   "dos_p": np.float16, "dos_d": np.float16}}
+                   "dos_p": np.float16}}
 
 
 def _table(f, name, columns):
@@ -301,7 +303,6 @@ class SiteTable:
         self.dos_energy = sticks["dos_energy"]
         self.dos_s = sticks["dos_s"]
         self.dos_p = sticks["dos_p"]
-        self.dos_d = sticks["dos_d"]
         self.dos_occupation = sticks["dos_occ"]
         self.recipe = recipe
         self.shards = shards
@@ -348,7 +349,7 @@ class SiteTable:
                  for k, v in self.sites.items()}
         sticks = {}
         for prefix, names in (("spec", ("spec_energy", "spec_xyz")),
-                              ("dos", ("dos_energy", "dos_s", "dos_p", "dos_d", "dos_occ"))):
+                              ("dos", ("dos_energy", "dos_s", "dos_p", "dos_occ"))):
             off = getattr(self, f"{prefix}_offsets")
             take = np.concatenate([np.arange(off[i], off[i + 1]) for i in idx]).astype(
                 np.int64) if idx.size else np.zeros(0, np.int64)
@@ -393,7 +394,7 @@ def _read_part(f):
             mol[n] = f[f"molecules/{n}"][()]
         s = {n: f[f"sites/{n}"][()] for n in list(SITE_FIELDS) + ["molecule",
              "equivalent_offsets", "equivalent", "spec_offsets", "dos_offsets",
-             "spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p", "dos_d"]}
+             "spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p"]}
         s["status"] = _read_str(f["sites/status"])
         s["stage"] = _read_str(f["sites/stage"])
         return mol, s
@@ -407,6 +408,7 @@ def _read_part(f):
     for table in _STICKS:
         s.update(_read_table(f[table]))
         s[f"{table}_offsets"] = _offsets(s.pop(f"{table}_count"))
+    s.pop("dos_d", None)  # format 2 kept the d weights
     eq = [e for per_molecule in text["equivalent"] for e in per_molecule]
     s["equivalent_offsets"] = _offsets([len(e) for e in eq])
     s["equivalent"] = np.array([i for e in eq for i in e], np.int16)
@@ -482,8 +484,7 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
     molecules = {k: [] for k in ("key", "name", "source", "smiles", "geometry", "status",
                                  "seconds", "fermi_ev", "n_atoms", "n_heavy")}
     symbols, coords, sites = [], [], {}
-    spec_e, spec_x, dos = [], [], {k: [] for k in ("dos_energy", "dos_s", "dos_p", "dos_d",
-                                                    "dos_occ")}
+    spec_e, spec_x, dos = [], [], {k: [] for k in ("dos_energy", "dos_s", "dos_p", "dos_occ")}
     spec_counts, dos_counts = [], []
     n_mol = 0
     for (mol, fresh), s in zip(mol_parts, site_parts):
@@ -547,7 +548,6 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
         "dos_energy": cat(dos["dos_energy"]),
         "dos_s": cat(dos["dos_s"]),
         "dos_p": cat(dos["dos_p"]),
-        "dos_d": cat(dos["dos_d"]),
         "dos_occ": cat(dos["dos_occ"], dtype=np.uint8),
     }
     for k in ("excitation_energy", "core_1s", "fermi", "hole_population", "s2", "seconds"):
