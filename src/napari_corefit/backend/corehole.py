@@ -100,10 +100,13 @@ def _mom_solve(mf, mo0, occ0, stages):
 
 
 def _fallback_stages(recipe):
-    """DIIS, then level shift with damping, then a stronger shift, then second order (SOSCF).
+    """DIIS, then second order (SOSCF), then level shift with damping, then a stronger shift.
 
     The share of sites each stage rescues is measured on the database itself (the stored
-    ``stage`` of every site; docs/backend.md).
+    ``stage`` of every site; docs/backend.md). Second order comes right after DIIS: on the
+    6,716 sites of the first database it rescued 49 of the 85 sites DIIS left, after 300 futile
+    shifted cycles; tried second, it reached the same states at a third of the CPU time, and the
+    level-shift sites' states too, at about the same cost (docs/backend.md).
     """
 
     def plain(mf):
@@ -129,8 +132,8 @@ def _fallback_stages(recipe):
         solver.max_cycle = recipe.max_cycle
         return solver
 
-    return [("diis", plain), ("levelshift", shifted), ("strong-shift", strong),
-            ("newton", second_order)]
+    return [("diis", plain), ("newton", second_order), ("levelshift", shifted),
+            ("strong-shift", strong)]
 
 
 def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None):
