@@ -70,10 +70,14 @@ def compute_record(molecule, recipe, timeout=None):
     return molecule.key, record_to_arrays(rec, recipe)
 
 
-def _init_worker(threads):
+def _use_threads(threads):
     global _THREADS
     _THREADS = max(1, int(threads))
     set_threads(threads)
+
+
+def _init_worker(threads):
+    _use_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
     # a forked worker inherits the CLI's SIGTERM handler, which raises KeyboardInterrupt: inside
     # an SCF that can be swallowed and the worker computes on after terminate(); die at once
@@ -205,9 +209,7 @@ def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
     workers = workers or cores
     threads = threads or max(1, cores // workers)
     if workers == 1:
-        global _THREADS
-        _THREADS = threads
-        set_threads(threads)
+        _use_threads(threads)
         for m in todo:
             if stop_at is not None and time.monotonic() > stop_at:
                 break
