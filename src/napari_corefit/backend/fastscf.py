@@ -7,7 +7,9 @@
   reused in every SCF cycle of the ground state and of the core-hole state (about a third of the
   exchange-correlation time otherwise);
 * one integration grid, density-fitting object and AO cache shared by the mixed-basis ground
-  state and the core-hole state of the same site.
+  state and the core-hole state of the same site;
+* SCFs on a coarse grid, then the XC energies of both converged densities re-integrated on a
+  fine grid in one pass (:func:`xc_energies`; the recipe's ``energy_grid_level``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from pyscf import dft
 
-__all__ = ["CachingNumInt", "make_ks", "xc_energy", "xc_energies", "fine_grid_correction"]
+__all__ = ["CachingNumInt", "make_ks", "make_grids", "xc_energy", "xc_energies"]
 
 #: AO caches above this many bytes are not kept (the loop then recomputes, as PySCF does)
 MAX_CACHE_BYTES = 2_000_000_000
@@ -143,17 +145,6 @@ def xc_energies(mf, dms, grids, numint=None, blksize=FINE_BLOCK):
             den = sum(r[0] if xctype != "LDA" else r for r in (rho if spin else (rho,)))
             totals[k] += float(np.dot(den * weight, exc))
     return totals
-
-
-def fine_grid_correction(mf, fine_grids):
-    """Energy change (Hartree) from moving the converged state's XC energy to ``fine_grids``.
-
-    The SCF converges on a coarse grid; the XC energy of its density is then re-integrated on a
-    fine grid. The error of this non-self-consistent step is second order in the (small)
-    density change between grids (measured in docs/backend.md).
-    """
-    dm = mf.make_rdm1()
-    return xc_energies(mf, [dm], fine_grids)[0] - xc_energy(mf, dm, mf.grids)
 
 
 def make_grids(mol, level):

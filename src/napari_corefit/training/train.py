@@ -134,8 +134,9 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         "split": sp.settings(),
         "rows": {"train": len(train), "val": len(val), "test": len(test)},
         "training": {**settings.to_dict(), "n_members": n_members,
-                     "members": [{k: v for k, v in h.items() if k not in ("train_loss",
-                                                                          "val_loss")}
+                     # per-epoch curves go to history.npz, not into config.json
+                     "members": [{k: v for k, v in h.items()
+                                  if k not in ("train_loss", "val_loss", "lr")}
                                  for h in histories],
                      "seconds": time.perf_counter() - t0},
         "metrics": {},
