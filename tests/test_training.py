@@ -170,18 +170,35 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     m = train_model(tiny_db, tmp_path / "m", n_members=2, table=tiny_table, progress=False,
                     settings=TrainSettings(epochs=3, device="cpu"))
     card = write_model_card(tiny_db, tmp_path / "m", tmp_path / "doc" / "MODEL_CARD.md",
-                            tmp_path / "doc" / "images", beyond_db=tiny_db)
+                            tmp_path / "doc" / "images", beyond_db=tiny_db,
+                            previous_model=tmp_path / "m")
     text = card.read_text()
     s = evaluate_model(m, tiny_table, split="test").summary
     assert f"| {s['n_sites']} | {s['n_molecules']} | {s['mse_occupied']:.4g} |" in text
     assert "(measured " + f"{s['cosine_median_unoccupied']:.3f}" in text
     assert "## Uncertainty (ensemble σ)" in text
+    # by molecule size, the previous model (here the same one) scored on the same test sites
+    size = text[text.index("## Test metrics by molecule size"):text.index("## Uncertainty")]
+    cos = f"{s['cosine_median_occupied']:.3f} / {s['cosine_median_unoccupied']:.3f}"
+    assert f"| all | {s['n_sites']} | {s['n_molecules']} | {cos} | {cos} |" in size
+    assert f"previous model ({tiny_table.n_sites:,} sites)" in size
     # the out-of-domain section scores every usable site of the database it is given
     beyond = text[text.index("## Beyond the training domain"):]
     s_all = evaluate_model(m, tiny_table, split="all").summary
     assert f"| default model | {s_all['n_sites']} | {s_all['n_molecules']} |" in beyond
     for png in ("model_examples_site.png", "model_training_curves.png", "model_calibration.png"):
         assert (tmp_path / "doc" / "images" / png).stat().st_size > 10_000
+
+
+def test_size_groups_pool_small_sizes_and_partition_the_rows():
+    from napari_corefit.training.report import size_groups
+
+    heavy = np.array([1, 3, 3, 5, 6, 6, 6, 7, 7, 7, 7, 8])
+    groups = size_groups(heavy, min_sites=3)
+    assert [lab for lab, _ in groups] == ["1–3", "5–6", "7–8"]
+    masks = np.array([mk for _, mk in groups])
+    assert (masks.sum(0) == 1).all()  # every row in exactly one group
+    assert [lab for lab, _ in size_groups(heavy, min_sites=100)] == ["1–8"]
 
 
 def test_savitzky_golay_models_see_smoothed_inputs(tiny_db, rows, tmp_path, capsys):

@@ -27,7 +27,8 @@ from napari_corefit.model.checkpoint import load_model
 from napari_corefit.training.evaluate import evaluate_model
 from napari_corefit.training.noise import NoiseModel, parse_counts
 
-__all__ = ["plot_examples", "plot_noise", "noise_study", "write_model_card", "main"]
+__all__ = ["plot_examples", "plot_noise", "noise_study", "size_groups", "write_model_card",
+           "main"]
 
 #: Published figures (Chen et al., J. Phys. Chem. Lett. 2023; SPEC section 3), for comparison.
 PAPER = {"random_mse_occupied": 0.17, "random_mse_unoccupied": 0.03,
@@ -242,6 +243,85 @@ def beyond_section(m, table, beyond_db, extrapolation_models) -> list:
             *_metrics_rows(rows), ""]
 
 
+#: A molecule-size group of the card's size table holds at least this many test sites (smaller
+#: sizes are pooled with the next ones), so that its median means something.
+MIN_GROUP_SITES = 30
+
+
+def size_groups(heavy, min_sites=MIN_GROUP_SITES):
+    """Pool heavy-atom counts, smallest first, into groups of at least ``min_sites`` rows.
+
+    Parameters
+    ----------
+    heavy : array_like of int, shape (m,)
+        Heavy atoms of each row's molecule.
+    min_sites : int
+
+    Returns
+    -------
+    list of (label, mask)
+        ``label`` like ``"1–5"`` or ``"7"``; the masks partition the rows. A last group smaller
+        than ``min_sites`` is pooled with the one before it.
+
+    >>> [lab for lab, _ in size_groups([1, 2, 6, 6, 7, 7], min_sites=2)]
+    ['1–2', '6', '7']
+    >>> [lab for lab, _ in size_groups([1, 2, 6, 6, 7], min_sites=2)]
+    ['1–2', '6–7']
+    """
+    heavy = np.asarray(heavy)
+    groups, lo, n = [], None, 0
+    values = np.unique(heavy)
+    for h in values:
+        lo = h if lo is None else lo
+        n += int((heavy == h).sum())
+        if n >= min_sites or h == values[-1]:
+            groups.append([lo, h])
+            lo, n = None, 0
+    if len(groups) > 1 and int(((heavy >= groups[-1][0]) & (heavy <= groups[-1][1])).sum()) \
+            < min_sites:
+        last = groups.pop()
+        groups[-1][1] = last[1]
+    return [(f"{a}" if a == b else f"{a}–{b}", (heavy >= a) & (heavy <= b)) for a, b in groups]
+
+
+def size_section(m, table, ev_test, previous=None, previous_label="previous model") -> list:
+    """Test metrics of the default by molecule size, and a previous model's on the same rows.
+
+    As the database grows its test split holds more of the larger, harder molecules, so the
+    overall test median of two retrains is not comparable; per size, and on the same test
+    sites, it is. ``previous`` (a LoadedModel with the same grids) is scored on exactly the
+    default's test rows; one trained on other grids or another broadening is left out.
+    """
+    from napari_corefit.training.metrics import CHANNELS
+
+    heavy = np.asarray(table.molecules["n_heavy"])[ev_test.rows.molecule]
+    scored = [("this model", ev_test)]
+    if previous is not None:
+        keys = ("input_grid", "output_grid", "broadening_ev", "level")
+        if all(previous.config.get(k) == m.config.get(k) for k in keys):
+            scored.append((previous_label, evaluate_model(previous, table, split="all",
+                                                          rows=ev_test.rows)))
+    head = "| heavy atoms | sites | molecules | " + " | ".join(
+        f"{name}: cos occ. / unocc. median" for name, _ in scored) + " |"
+    lines = ["## Test metrics by molecule size", "",
+             "The test split's mix moves towards larger molecules as the database grows, so the "
+             "overall median of two retrains is not comparable; by size, and on the same test "
+             "sites, it is. Median cosine, occupied / unoccupied"
+             + (f"; `{previous_label}` is scored on exactly these sites (none of its training "
+                "molecules is among them: split membership is a hash of the molecule key)"
+                if len(scored) > 1 else "") + ".", "",
+             head, "|" + "---|" * (3 + len(scored))]
+    for label, mask in size_groups(heavy) + [("all", np.ones(heavy.size, bool))]:
+        cells = []
+        for _, ev in scored:
+            cos = ev.scores["cosine"][mask]
+            cells.append(" / ".join(f"{np.nanmedian(cos[:, j]):.3f}"
+                                    for j in range(len(CHANNELS))))
+        n_mol = np.unique(ev_test.rows.molecule[mask]).size
+        lines.append(f"| {label} | {int(mask.sum())} | {n_mol} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def learning_curve(models, table) -> list:
     """Test metrics of models trained on growing shares of the same training molecules.
 
@@ -395,7 +475,7 @@ def _describe_db(table, cfg):
 def write_model_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
                      extrapolation_models=None, arch_models=None, notes=None, history_dir=None,
                      reproduce=None, learning_curve_models=None, arch_choice=None,
-                     beyond_db=None):
+                     beyond_db=None, previous_model=None):
     """Evaluate the given checkpoints on a database and write the model card and its plots.
 
     Parameters
@@ -428,6 +508,9 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
     beyond_db : path, optional
         A database of molecules outside the training domain (e.g. QM9's 9-heavy-atom ones),
         every site of which the default is scored on.
+    previous_model : path, optional
+        The checkpoint this model replaces (e.g. the bundled default before a retrain), scored
+        on the same test sites by molecule size.
     """
     from napari_corefit.backend import load_database
 
@@ -531,6 +614,12 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f"![site-level examples]({rel(images / 'model_examples_site.png')})", ""]
     if molecule_model:
         L += [f"![molecule-level examples]({rel(images / 'model_examples_molecule.png')})", ""]
+    previous = load_model(previous_model) if previous_model else None
+    label = "previous model"
+    if previous is not None:
+        n_prev = previous.config.get("database", {}).get("n_sites")
+        label = f"previous model ({n_prev:,} sites)" if n_prev else label
+    L += size_section(m, table, ev_test, previous, label)
     L += calibration_section(m, ev_test, images / "model_calibration.png", rel)
 
     if arch_models:
@@ -670,6 +759,8 @@ def main(argv=None):
                    help="a model trained on that share of the training molecules; repeat")
     p.add_argument("--notes")
     p.add_argument("--beyond-db", help="database of molecules outside the training domain")
+    p.add_argument("--previous-model", help="the checkpoint this one replaces, scored on the "
+                   "same test sites")
     p.add_argument("--out", default="docs/MODEL_CARD.md")
     p.add_argument("--images", default="docs/images")
     a = p.parse_args(argv)
@@ -678,7 +769,7 @@ def main(argv=None):
                             extrapolation_models=a.extrapolation_model,
                             arch_models=_pairs(a.arch_model, str), notes=a.notes,
                             learning_curve_models=_pairs(a.learning_curve_model, float),
-                            beyond_db=a.beyond_db)
+                            beyond_db=a.beyond_db, previous_model=a.previous_model)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

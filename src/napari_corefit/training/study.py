@@ -138,7 +138,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
-              jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None):
+              jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None,
+              previous_model=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
@@ -146,7 +147,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     independent models train in that many processes at once (same results as one by one: each
     model's seeds do not depend on the order). ``learning_curve`` lists shares of the training
     molecules to train one model each on (``noise_members`` members; same validation and test
-    molecules): test accuracy against training-set size.
+    molecules): test accuracy against training-set size. ``previous_model`` (the checkpoint
+    the new default replaces) is scored in the card on the same test sites, by molecule size.
     """
     from napari_corefit.backend import load_database
 
@@ -218,7 +220,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                          learning_curve_models={float(k): v for k, v in
                                                 res["learning_curve_models"].items()},
                          history_dir=res["default"], reproduce=command,
-                         arch_choice=f"`{best}`, {why}", beyond_db=beyond_db)
+                         arch_choice=f"`{best}`, {why}", beyond_db=beyond_db,
+                         previous_model=previous_model)
     return res
 
 
@@ -256,6 +259,9 @@ def main(argv=None):
                    help="database of molecules outside the training domain, scored in the card")
     p.add_argument("--learning-curve", default="0.125,0.25,0.5,1",
                    help="shares of the training molecules, one model each ('' for none)")
+    p.add_argument("--previous-model", default=None,
+                   help="the checkpoint the new default replaces (a copy: --install overwrites "
+                   "the bundled one), scored in the card on the same test sites")
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many independent models at once, one process each")
     a = p.parse_args(argv)
@@ -270,7 +276,7 @@ def main(argv=None):
                     extrapolation=not a.no_extrapolation, settings=settings,
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
-                    beyond_db=a.beyond_db,
+                    beyond_db=a.beyond_db, previous_model=a.previous_model,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
                     command="python -m napari_corefit.training.study " + " ".join(
