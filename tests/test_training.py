@@ -201,6 +201,21 @@ def test_size_groups_pool_small_sizes_and_partition_the_rows():
     assert [lab for lab, _ in size_groups(heavy, min_sites=100)] == ["1–8"]
 
 
+def test_card_names_noise_models_stopped_by_the_time_limit(tiny_db, tiny_table, tmp_path):
+    from napari_corefit.training.report import _time_capped_note
+    from napari_corefit.training.train import train_model
+
+    fast = train_model(tiny_db, tmp_path / "a", n_members=1, table=tiny_table, progress=False,
+                       settings=TrainSettings(epochs=2, device="cpu"))
+    capped = train_model(tiny_db, tmp_path / "b", n_members=1, table=tiny_table,
+                         progress=False,
+                         settings=TrainSettings(epochs=50, device="cpu", max_seconds=0.0))
+    assert capped.config["training"]["members"][0]["stopped"] == "time"
+    assert _time_capped_note({None: fast}) == []
+    note = " ".join(_time_capped_note({None: fast, 1000.0: capped}))
+    assert "1e3 (after 1 epochs)" in note and "noise-free" not in note
+
+
 def test_savitzky_golay_models_see_smoothed_inputs(tiny_db, rows, tmp_path, capsys):
     from napari_corefit.spectra.pipeline import PreprocessConfig
 

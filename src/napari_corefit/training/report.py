@@ -445,6 +445,26 @@ def calibration_section(loaded, ev_test, png, rel) -> list:
     return L + [f"![reliability]({rel(png)})", ""]
 
 
+def _time_capped_note(models) -> list:
+    """A sentence naming the models whose members the time limit stopped (not early stopping).
+
+    Such a member was still improving, so its row understates what training at that noise
+    level reaches.
+    """
+    capped = []
+    for n, lm in sorted(models.items(), key=lambda kv: np.inf if kv[0] is None else kv[0]):
+        members = lm.config.get("training", {}).get("members", [])
+        stops = [mm.get("stopped") for mm in members]
+        if "time" in stops:
+            epochs = [mm.get("epochs_run") for mm in members if mm.get("stopped") == "time"]
+            capped.append(f"{_n_label(n)} (after {', '.join(str(e) for e in epochs)} epochs)")
+    if not capped:
+        return []
+    return [f"Stopped by the per-member time limit while still improving, not by early "
+            f"stopping: {'; '.join(capped)}. Their rows understate what training at that "
+            "noise level reaches.", ""]
+
+
 def _metrics_rows(summaries):
     head = ("| evaluation | sites | molecules | MSE occ. | MSE unocc. | MSE total | cos occ. "
             "median / p10 | cos unocc. median / p10 | peak ±0.5 eV | inside ±2σ |")
@@ -660,7 +680,9 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
         n_train0 = next(iter(models))
         unusable = {_n_label(t): study[(n_train0, t)]["n_unusable"] for t in tests}
         L += ["", f"Test spectra the engine masked (no first peak found) and left out: "
-              f"{unusable}.", "", f"![noise study]({rel(images / 'model_noise.png')})", ""]
+              f"{unusable}.", ""]
+        L += _time_capped_note(models)
+        L += [f"![noise study]({rel(images / 'model_noise.png')})", ""]
 
     if learning_curve_models:
         L += learning_curve_section(learning_curve_models, table,
