@@ -4,7 +4,9 @@
 #   2. run the study (architectures, ensembles, noise study, extrapolation, learning curve,
 #      calibration) and install the winner as the bundled default with its model card,
 #   3. rerun the end-to-end benchmark on the new model and reassemble benchmarks/RESULTS.md.
-# About 45 minutes on 2 cores (renice a running database build to 19 first). Usage:
+# About 90 minutes on 2 cores for 18 k sites (renice a running database build to 19 first).
+# The time limits: ensemble members stopped early after ~4.5 min each at 10 k sites; noise-trained
+# members (a fresh noise draw every epoch) were still improving at 8 min. Usage:
 #   bash scripts/retrain.sh [extra study options]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,7 +38,8 @@ at $commit, so that the build running beside it could not change the database un
 fingerprint above identifies those parts."
 
 "$PY" -m napari_corefit.training.study --db "$snap" --out "$out" \
-    --archs paper_mlp,two_head_mlp --threads 1 --jobs 2 --lr 1e-3 --max-minutes 8 \
+    --archs paper_mlp,two_head_mlp --threads 1 --jobs 2 --lr 1e-3 --max-minutes 12 \
+    --noise-max-minutes 15 \
     --install --weights-dtype float16 --card docs/MODEL_CARD.md --images docs/images \
     --beyond-db data/db_9heavy --previous-model "$prev" --notes "$notes" "$@"
 "$PY" benchmarks/bench_end_to_end.py --db "$snap" --doses 300,3000,30000 --seeds 0,1 \

@@ -271,7 +271,7 @@ def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_pa
 
     kw = dict(archs=("paper_mlp",), compare_members=1, members=2, noise_levels=(1e3,),
               molecule=False, extrapolation=False, progress=False, learning_curve=(0.5,),
-              settings=TrainSettings(epochs=3, device="cpu", threads=1))
+              settings=TrainSettings(epochs=3, device="cpu", threads=1), noise_max_seconds=600)
     run_study(tiny_db, tmp_path / "serial", **kw)
     res = run_study(tiny_db, tmp_path / "parallel", jobs=2, card=tmp_path / "card.md", **kw)
     assert json.loads((tmp_path / "parallel" / "study.json").read_text())["chosen_arch"] == \
@@ -281,6 +281,9 @@ def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_pa
     assert 0 < half["rows"]["train"] < full["rows"]["train"]
     assert half["rows"]["test"] == full["rows"]["test"]
     assert "## Learning curve" in (tmp_path / "card.md").read_text()
+    # the noise models' own time limit, the others' unchanged
+    noisy = load_model(tmp_path / "parallel" / "noise_1e3").config
+    assert noisy["training"]["max_seconds"] == 600 and full["training"]["max_seconds"] is None
     for name in ("default", "noise_1e3", "lc_0.5"):
         a = load_model(tmp_path / "serial" / name).ensemble.state_dict()
         b = load_model(tmp_path / "parallel" / name).ensemble.state_dict()

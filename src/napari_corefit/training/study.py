@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -107,7 +108,8 @@ class _Trainer:
             # spawn: a forked child inherits torch's thread pools in an unusable state
             self.executor = ProcessPoolExecutor(int(jobs), mp_context=mp.get_context("spawn"))
 
-    def submit(self, name, **kw):
+    def submit(self, name, settings=None, **kw):
+        settings = settings or self.settings
         path = self.out / name
         if self.resume and (path / CONFIG_FILE).is_file():
             self.log(f"== {name}: reusing {path}")
@@ -115,11 +117,11 @@ class _Trainer:
         elif self.executor is None:
             self.log(f"== {name}")
             self.done[name] = train_model(self.db, path, table=self.table,
-                                          settings=self.settings, progress=self.progress, **kw)
+                                          settings=settings, progress=self.progress, **kw)
         else:
             self.log(f"== {name}: started in a worker process")
             self.pending[name] = self.executor.submit(_train_quiet, str(self.db), str(path),
-                                                      self.settings, kw)
+                                                      settings, kw)
 
     def wait(self) -> dict:
         for name, fut in list(self.pending.items()):
@@ -139,7 +141,7 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
               jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None,
-              previous_model=None):
+              previous_model=None, noise_max_seconds=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
@@ -149,6 +151,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     molecules to train one model each on (``noise_members`` members; same validation and test
     molecules): test accuracy against training-set size. ``previous_model`` (the checkpoint
     the new default replaces) is scored in the card on the same test sites, by molecule size.
+    ``noise_max_seconds`` replaces the per-member time limit of the noise-trained models: a
+    fresh noise draw every epoch keeps them improving for longer than noise-free members.
     """
     from napari_corefit.backend import load_database
 
@@ -180,9 +184,12 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         pool.submit("molecule", arch=best, n_members=members, level="molecule")
         res["molecule"] = str(out / "molecule")
     res["noise_models"] = {"inf": str(out / "default")}
+    noise_settings = (settings if noise_max_seconds is None else
+                      dataclasses.replace(settings, max_seconds=float(noise_max_seconds)))
     for n in noise_levels:
         name = f"noise_{n:.0e}".replace("+0", "")
-        pool.submit(name, arch=best, n_members=noise_members, noise=NoiseModel(counts=n))
+        pool.submit(name, settings=noise_settings, arch=best, n_members=noise_members,
+                    noise=NoiseModel(counts=n))
         res["noise_models"][f"{n:g}"] = str(out / name)
     res["learning_curve_models"] = {}
     for f in learning_curve:
@@ -242,6 +249,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-minutes", type=float, default=None, help="per member")
+    p.add_argument("--noise-max-minutes", type=float, default=None,
+                   help="per member of the noise-trained models (default: --max-minutes)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -277,6 +286,8 @@ def main(argv=None):
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
                     beyond_db=a.beyond_db, previous_model=a.previous_model,
+                    noise_max_seconds=None if a.noise_max_minutes is None else
+                    60 * a.noise_max_minutes,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
                     command="python -m napari_corefit.training.study " + " ".join(
