@@ -353,3 +353,14 @@ def test_timeout_counts_cpu_time_not_wall_time(monkeypatch):
         key, arrays = runner.compute_record(mol, Recipe(), timeout=1.0)
         assert key == mol.key
         assert expected in json.loads(arrays["meta"].tobytes())["status"]
+
+
+def test_timeout_inside_a_real_site_fails_the_molecule():
+    # the limit fires inside PySCF, within a site's own error handling: it must still end the
+    # molecule (not fail one site with an empty message and let the molecule run on)
+    from napari_corefit.backend import Recipe, runner
+
+    mol = Molecule.from_smiles("CC", optimise="mmff")
+    key, arrays = runner.compute_record(mol, Recipe(), timeout=0.3)
+    meta = json.loads(arrays["meta"].tobytes())
+    assert meta["status"] == "failed: timeout after 0.3 CPU s"

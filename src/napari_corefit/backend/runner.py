@@ -26,8 +26,13 @@ from napari_corefit.backend.storage import (Journal, finished_keys, flush_journa
 __all__ = ["build_database", "plan_build", "compute_record"]
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """The CPU-time limit of a molecule ran out.
+
+    A BaseException, like KeyboardInterrupt: the per-site ``except Exception`` that keeps one
+    failed site from failing its molecule must not swallow it (it did: the site was recorded as
+    failed with an empty message and the molecule ran on without a limit).
+    """
 
 
 def _on_timer(signum, frame):
