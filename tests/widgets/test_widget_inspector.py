@@ -132,7 +132,9 @@ def test_widgets_open_through_the_plugin_manifest(make_napari_viewer):
         ids["napari/layers/measure"])
     assert "napari-corefit.export_widget" in ids["napari/file/io_utilities"]
     # with no result yet, a click on the canvas is harmless
-    inspector = next(w for w in viewer.window._dock_widgets.values()
-                     if isinstance(w.widget(), AtomInspector)).widget()
+    # napari >= 0.6's public mapping holds the inner widgets; older ones only the dock wrappers
+    docked = getattr(viewer.window, "dock_widgets", None) or viewer.window._dock_widgets
+    inner = [w.widget() if hasattr(w, "widget") else w for w in docked.values()]
+    inspector = next(w for w in inner if isinstance(w, AtomInspector))
     assert inspector.show_world((0.0, 0.0)) is None
     assert "no corefit result" in inspector.status.text()
