@@ -232,7 +232,8 @@ def main(argv=None):
     p.add_argument("--write-md", default=None, metavar="FILE.md")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="true and predicted DOS of a few atoms (first seed, --plot-dose)")
-    p.add_argument("--plot-dose", type=float, default=10000)
+    p.add_argument("--plot-dose", type=float, default=10000,
+                   help="dose of the plotted layout; the nearest of --doses (log scale) is used")
     args = p.parse_args(argv)
 
     from napari_corefit.backend import load_database
@@ -243,6 +244,8 @@ def main(argv=None):
     model, model_desc = _model(args.model, table, args.train_tiny, work)
     doses = [float(d) for d in args.doses.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    # a plot dose that is not run would leave the markdown pointing at a stale figure
+    args.plot_dose = min(doses, key=lambda d: abs(np.log(d / args.plot_dose)))
     print(f"database {db}: {table}; model {model_desc}")
     print(HEADER)
     t0 = time.perf_counter()
