@@ -79,6 +79,33 @@ def test_training_lowers_the_loss_and_round_trips_exactly(rows, tmp_path):
     assert torch.equal(load_model(tmp_path).ensemble(x), ens(x))
 
 
+def test_an_interrupted_ensemble_resumes_at_the_member_it_was_training(rows, tmp_path):
+    arch = default_arch("paper_mlp")
+    settings = TrainSettings(epochs=5, lr=1e-3, batch_size=8, device="cpu")
+    d = tmp_path / "members"
+    # "interrupted" after one member: only member 0 is on disk
+    first, _ = train_ensemble(arch, rows, rows, settings, n_members=1, progress=False,
+                              member_dir=d)
+    assert sorted(p.name for p in d.iterdir()) == ["member-0.json", "member-0.safetensors"]
+    ens, hist = train_ensemble(arch, rows, rows, settings, n_members=2, progress=False,
+                               member_dir=d)
+    x = torch.from_numpy(rows.clean)
+    assert torch.equal(ens.members[0](x), first.members[0](x))  # reused, not retrained
+    assert not torch.equal(ens.members[1](x), ens.members[0](x))
+    assert len(hist[0]["val_loss"]) == 5
+    # the same member from scratch gives the same weights: resuming changes nothing
+    fresh, _ = train_ensemble(arch, rows, rows, settings, n_members=2, progress=False)
+    assert torch.equal(fresh.members[1](x), ens.members[1](x))
+    # other settings (or rows) never reuse a saved member
+    other, _ = train_ensemble(arch, rows, rows, TrainSettings(epochs=5, lr=2e-3, batch_size=8,
+                                                              device="cpu"),
+                              n_members=1, progress=False, member_dir=d)
+    assert not torch.equal(other.members[0](x), first.members[0](x))
+    half, _ = train_ensemble(arch, rows.in_molecules(np.unique(rows.molecule)[:2]), rows,
+                             settings, n_members=1, progress=False, member_dir=d)
+    assert not torch.equal(half.members[0](x), first.members[0](x))
+
+
 def test_plateau_schedule_and_cosine_loss_options(rows):
     from napari_corefit.training.loop import _loss
 

@@ -8,12 +8,15 @@ members is the per-energy uncertainty the engine shows.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from napari_corefit.model.checkpoint import resolve_device
@@ -191,17 +194,66 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
     return net, hist
 
 
+def _member_key(arch, train, val, settings, seed, noise, preprocess_config) -> dict:
+    """What a saved member was trained from: it is reused only if all of it matches."""
+    return {"arch": dict(arch), "settings": {**settings.to_dict(), "seed": int(seed)},
+            "noise": None if noise is None else noise.to_dict(),
+            "preprocess": None if preprocess_config is None else preprocess_config.to_dict(),
+            "n_train": len(train), "n_val": len(val),
+            # a cheap fingerprint of the rows: same counts from other molecules must not match
+            "train_sum": float(np.asarray(train.targets, np.float64).sum()),
+            "val_sum": float(np.asarray(val.targets, np.float64).sum())}
+
+
+def _load_member(member_dir, i, key, arch):
+    meta = Path(member_dir) / f"member-{i}.json"
+    if not meta.is_file():
+        return None
+    saved = json.loads(meta.read_text())
+    if saved.get("key") != json.loads(json.dumps(key)):
+        return None
+    net = build_network(arch)
+    net.load_state_dict(load_file(str(Path(member_dir) / f"member-{i}.safetensors")))
+    return net.eval(), saved["history"]
+
+
+def _save_member(member_dir, i, key, net, hist):
+    member_dir = Path(member_dir)
+    member_dir.mkdir(parents=True, exist_ok=True)
+    weights = member_dir / f"member-{i}.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+              str(weights))
+    # the JSON last: a member counts as saved only once its weights are complete
+    tmp = member_dir / f"member-{i}.json.tmp"
+    tmp.write_text(json.dumps({"key": key, "history": hist}))
+    tmp.replace(member_dir / f"member-{i}.json")
+
+
 def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, n_members=5,
-                   noise=None, preprocess_config=None, progress=True):
+                   noise=None, preprocess_config=None, progress=True, member_dir=None):
     """Train ``n_members`` networks (seeds ``settings.seed + i``); return (Ensemble, histories).
+
+    With ``member_dir``, each finished member is saved there, and a member already saved from
+    the same architecture, settings, seed, noise and rows is loaded instead of trained again:
+    an interrupted ensemble resumes at the member it was training.
     """
     if n_members < 1:
         raise ValueError(f"an ensemble needs at least one member, got {n_members}")
     members, histories = [], []
     for i in range(n_members):
-        net, hist = train_member(arch, train, val, settings, seed=settings.seed + i, noise=noise,
-                                 preprocess_config=preprocess_config, progress=progress,
-                                 desc=f"member {i + 1}/{n_members}")
+        seed = settings.seed + i
+        key = _member_key(arch, train, val, settings, seed, noise, preprocess_config)
+        found = None if member_dir is None else _load_member(member_dir, i, key, arch)
+        if found is not None:
+            net, hist = found
+            if progress:
+                print(f"member {i + 1}/{n_members}: reused from {member_dir}", file=sys.stderr)
+        else:
+            net, hist = train_member(arch, train, val, settings, seed=seed, noise=noise,
+                                     preprocess_config=preprocess_config, progress=progress,
+                                     desc=f"member {i + 1}/{n_members}")
+            if member_dir is not None:
+                _save_member(member_dir, i, key, net, hist)
         if progress:
             print(f"member {i + 1}/{n_members}: best validation MSE {hist['best_val_loss']:.4g} "
                   f"at epoch {hist['best_epoch'] + 1} of {hist['epochs_run']} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.splits import make_split, subsample_train
 
 __all__ = ["train_model", "database_recipe"]
+
+#: Subdirectory of a checkpoint directory where finished members wait while an ensemble trains.
+MEMBER_DIR = "members-in-progress"
 
 
 def database_recipe(table):
@@ -110,8 +114,12 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
              "training rows", progress)
         val = train
     arch_dict = {**default_arch(arch, SPECTRUM_GRID.n, DOS_GRID.n), **(arch_options or {})}
+    # finished members wait here until the ensemble is saved: a run stopped part-way (a crash,
+    # the end of a session) resumes at the member it was training when started again
+    member_dir = Path(out) / MEMBER_DIR
     ensemble, histories = train_ensemble(arch_dict, train, val, settings, n_members, noise=noise,
-                                         preprocess_config=pp, progress=progress)
+                                         preprocess_config=pp, progress=progress,
+                                         member_dir=member_dir)
     x_train, ok = make_inputs(train, noise, pp, np.random.default_rng(seed))
     ood = fit_ood(x_train[ok])
     config = {
@@ -143,6 +151,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     }
     out = Path(out)
     save_model(out, ensemble, config, ood=ood)
+    shutil.rmtree(member_dir, ignore_errors=True)
     # the test metrics are measured on the saved model, as a user would load it
     loaded = load_model(out)
     if n_members > 1 and val is not train:
