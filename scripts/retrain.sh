@@ -48,7 +48,7 @@ fingerprint above identifies those parts."
 "$PY" -m napari_corefit.training.study --db "$snap" --out "$out" \
     --archs paper_mlp,two_head_mlp,wide_two_head_mlp --threads 1 --jobs 2 --lr 1e-3 \
     --max-minutes 25 --noise-max-minutes 25 --resume \
-    --install --weights-dtype float16 --card docs/MODEL_CARD.md --images docs/images \
+    --install --weights-dtype int8 --card docs/MODEL_CARD.md --images docs/images \
     --beyond-db data/db_9heavy --previous-model "$prev" --notes "$notes" "$@"
 "$PY" benchmarks/bench_end_to_end.py --db "$snap" --doses 300,3000,30000 --seeds 0,1 \
     --write-md benchmarks/results_end_to_end.md --plot benchmarks/results_end_to_end.png

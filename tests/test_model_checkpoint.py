@@ -169,4 +169,33 @@ def test_half_precision_storage_is_smaller_and_close(saved, tmp_path):
     assert not torch.equal(got, ref)
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-3 * float(ref.abs().max()))
     with pytest.raises(ValueError, match="weights_dtype"):
-        save_model(tmp_path / "bad", ens, load_model(d).config, weights_dtype="int8")
+        save_model(tmp_path / "bad", ens, load_model(d).config, weights_dtype="int4")
+
+
+def test_int8_storage_is_a_quarter_and_predicts_the_same_curves(tmp_path):
+    from safetensors.torch import load_file
+
+    arch = {**default_arch("two_head_mlp"), "trunk": [256], "head": [128]}
+    ens = _ensemble(arch, n=2)
+    x = torch.from_numpy(np.random.default_rng(2).random((64, 160)).astype(np.float32))
+    full = save_model(tmp_path / "full", ens, _config(arch))
+    small = save_model(tmp_path / "int8", ens, _config(arch), weights_dtype="int8")
+    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(small) < 0.3 * size(full)
+    stored = load_file(str(small / "model.safetensors"))
+    assert stored["member0.trunk.0.weight"].dtype == torch.int8
+    assert stored["member0.trunk.0.weight.scale"].shape == (256,)
+    assert stored["member0.trunk.0.bias"].dtype == torch.float32
+    loaded = load_model(small)
+    assert loaded.config["weights_dtype"] == "int8"
+    assert next(loaded.ensemble.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        ref, got = ens(x), loaded.ensemble(x)
+    assert not torch.equal(got, ref)
+    # per row, the worst weight error is half a step of 1/127 of the row's largest weight
+    w = ens.members[0].trunk[0].weight.detach()
+    w8 = loaded.ensemble.members[0].trunk[0].weight.detach()
+    assert float(((w8 - w).abs().amax(1) / w.abs().amax(1)).max()) <= 0.5 / 127 + 1e-6
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert float(cos.min()) > 0.9999
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-2 * float(ref.abs().max()))

@@ -41,8 +41,8 @@ __all__ = ["run_study", "choose_architecture", "install_default", "main"]
 
 
 def install_default(model_dir, level="site", weights_dtype="float32") -> Path:
-    """Copy a checkpoint into the package's bundled-model folder (optionally in half precision).
-    """
+    """Copy a checkpoint into the package's bundled-model folder (optionally stored in half
+    precision or int8, see :func:`~napari_corefit.model.checkpoint.save_model`)."""
     dest = default_model_dir(level)
     dest.mkdir(parents=True, exist_ok=True)
     if weights_dtype == "float32":
@@ -259,7 +259,7 @@ def main(argv=None):
     p.add_argument("--card", default=None, help="write the model card here (e.g. "
                    "docs/MODEL_CARD.md)")
     p.add_argument("--images", default=None)
-    p.add_argument("--weights-dtype", default="float32", choices=("float32", "float16"),
+    p.add_argument("--weights-dtype", default="float32", choices=("float32", "float16", "int8"),
                    help="storage of the installed weights")
     p.add_argument("--resume", action="store_true",
                    help="reuse checkpoints already under --out instead of training them again")
