@@ -86,7 +86,7 @@ def test_an_interrupted_ensemble_resumes_at_the_member_it_was_training(rows, tmp
     # "interrupted" after one member: only member 0 is on disk
     first, _ = train_ensemble(arch, rows, rows, settings, n_members=1, progress=False,
                               member_dir=d)
-    assert sorted(p.name for p in d.iterdir()) == ["member-0.json", "member-0.safetensors"]
+    assert sorted(p.suffix for p in d.iterdir()) == [".json", ".safetensors"]
     ens, hist = train_ensemble(arch, rows, rows, settings, n_members=2, progress=False,
                                member_dir=d)
     x = torch.from_numpy(rows.clean)
@@ -311,6 +311,12 @@ def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_pa
     # the noise models' own time limit, the others' unchanged
     noisy = load_model(tmp_path / "parallel" / "noise_1e3").config
     assert noisy["training"]["max_seconds"] == 600 and full["training"]["max_seconds"] is None
+    # the comparison's member is the default's first member, trained once: 4 members, not 5
+    cache = tmp_path / "serial" / "member-cache"
+    assert len(list(cache.glob("*.json"))) == 4
+    arch0 = load_model(tmp_path / "serial" / "arch_paper_mlp").ensemble.members[0].state_dict()
+    default0 = load_model(tmp_path / "serial" / "default").ensemble.members[0].state_dict()
+    assert all(torch.equal(arch0[k], default0[k]) for k in arch0)
     for name in ("default", "noise_1e3", "lc_0.5"):
         a = load_model(tmp_path / "serial" / name).ensemble.state_dict()
         b = load_model(tmp_path / "parallel" / name).ensemble.state_dict()

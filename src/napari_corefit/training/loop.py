@@ -8,6 +8,7 @@ members is the per-energy uncertainty the engine shows.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 import time
@@ -205,28 +206,35 @@ def _member_key(arch, train, val, settings, seed, noise, preprocess_config) -> d
             "val_sum": float(np.asarray(val.targets, np.float64).sum())}
 
 
-def _load_member(member_dir, i, key, arch):
-    meta = Path(member_dir) / f"member-{i}.json"
+def _member_name(key) -> str:
+    # named by what it was trained from, so that models sharing a directory share members
+    # (a study's architecture comparison and its default ensemble train the same first seeds)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return f"member-{digest}"
+
+
+def _load_member(member_dir, key, arch):
+    name = _member_name(key)
+    meta = Path(member_dir) / f"{name}.json"
     if not meta.is_file():
         return None
     saved = json.loads(meta.read_text())
     if saved.get("key") != json.loads(json.dumps(key)):
         return None
     net = build_network(arch)
-    net.load_state_dict(load_file(str(Path(member_dir) / f"member-{i}.safetensors")))
+    net.load_state_dict(load_file(str(Path(member_dir) / f"{name}.safetensors")))
     return net.eval(), saved["history"]
 
 
-def _save_member(member_dir, i, key, net, hist):
-    member_dir = Path(member_dir)
+def _save_member(member_dir, key, net, hist):
+    member_dir, name = Path(member_dir), _member_name(key)
     member_dir.mkdir(parents=True, exist_ok=True)
-    weights = member_dir / f"member-{i}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-              str(weights))
+              str(member_dir / f"{name}.safetensors"))
     # the JSON last: a member counts as saved only once its weights are complete
-    tmp = member_dir / f"member-{i}.json.tmp"
+    tmp = member_dir / f"{name}.json.tmp"
     tmp.write_text(json.dumps({"key": key, "history": hist}))
-    tmp.replace(member_dir / f"member-{i}.json")
+    tmp.replace(member_dir / f"{name}.json")
 
 
 def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, n_members=5,
@@ -235,7 +243,8 @@ def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings
 
     With ``member_dir``, each finished member is saved there, and a member already saved from
     the same architecture, settings, seed, noise and rows is loaded instead of trained again:
-    an interrupted ensemble resumes at the member it was training.
+    an interrupted ensemble resumes at the member it was training, and ensembles that share a
+    ``member_dir`` share their common members.
     """
     if n_members < 1:
         raise ValueError(f"an ensemble needs at least one member, got {n_members}")
@@ -243,7 +252,7 @@ def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings
     for i in range(n_members):
         seed = settings.seed + i
         key = _member_key(arch, train, val, settings, seed, noise, preprocess_config)
-        found = None if member_dir is None else _load_member(member_dir, i, key, arch)
+        found = None if member_dir is None else _load_member(member_dir, key, arch)
         if found is not None:
             net, hist = found
             if progress:
@@ -253,7 +262,7 @@ def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings
                                      preprocess_config=preprocess_config, progress=progress,
                                      desc=f"member {i + 1}/{n_members}")
             if member_dir is not None:
-                _save_member(member_dir, i, key, net, hist)
+                _save_member(member_dir, key, net, hist)
         if progress:
             print(f"member {i + 1}/{n_members}: best validation MSE {hist['best_val_loss']:.4g} "
                   f"at epoch {hist['best_epoch'] + 1} of {hist['epochs_run']} "

@@ -39,6 +39,9 @@ from napari_corefit.training.train import train_model
 
 __all__ = ["run_study", "choose_architecture", "install_default", "main"]
 
+#: Subdirectory of a study's output where every finished ensemble member is kept.
+MEMBER_CACHE = "member-cache"
+
 
 def install_default(model_dir, level="site", weights_dtype="float32") -> Path:
     """Copy a checkpoint into the package's bundled-model folder (optionally stored in half
@@ -111,6 +114,9 @@ class _Trainer:
     def submit(self, name, settings=None, **kw):
         settings = settings or self.settings
         path = self.out / name
+        # one member cache for the whole study: the architecture comparison's members are the
+        # first members of the default ensemble, and its learning-curve point at 1 is member 0
+        kw.setdefault("member_cache", str(self.out / MEMBER_CACHE))
         if self.resume and (path / CONFIG_FILE).is_file():
             self.log(f"== {name}: reusing {path}")
             self.done[name] = load_model(path)

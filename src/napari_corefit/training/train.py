@@ -48,7 +48,7 @@ def _log(msg, progress):
 
 def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp",
                 arch_options=None, split="random", seed=0, settings=None, progress=True,
-                table=None, preprocess_config=None, train_fraction=1.0):
+                table=None, preprocess_config=None, train_fraction=1.0, member_cache=None):
     """Train an ensemble on a database, evaluate it on its test molecules and save it.
 
     Parameters
@@ -79,6 +79,11 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     train_fraction : float
         Train on this share of the split's training molecules (a learning curve); validation
         and test molecules are the same as with 1.
+    member_cache : path, optional
+        Directory of finished members kept across models (a study's models share it): a member
+        trained before from the same architecture, settings, seed and rows is reused. Without
+        it, members wait in ``out/members-in-progress`` until the ensemble is saved, so that a
+        stopped run resumes at the member it was training.
 
     Returns
     -------
@@ -116,7 +121,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     arch_dict = {**default_arch(arch, SPECTRUM_GRID.n, DOS_GRID.n), **(arch_options or {})}
     # finished members wait here until the ensemble is saved: a run stopped part-way (a crash,
     # the end of a session) resumes at the member it was training when started again
-    member_dir = Path(out) / MEMBER_DIR
+    member_dir = Path(out) / MEMBER_DIR if member_cache is None else Path(member_cache)
     ensemble, histories = train_ensemble(arch_dict, train, val, settings, n_members, noise=noise,
                                          preprocess_config=pp, progress=progress,
                                          member_dir=member_dir)
@@ -151,7 +156,8 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     }
     out = Path(out)
     save_model(out, ensemble, config, ood=ood)
-    shutil.rmtree(member_dir, ignore_errors=True)
+    if member_cache is None:
+        shutil.rmtree(member_dir, ignore_errors=True)
     # the test metrics are measured on the saved model, as a user would load it
     loaded = load_model(out)
     if n_members > 1 and val is not train:
