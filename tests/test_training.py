@@ -336,3 +336,12 @@ def test_training_subsets_are_nested_and_rebuilt_from_the_checkpoint_settings():
     assert (half.test == sp.test).all() and (half.val == sp.val).all()
     again = split_from_dict(half.settings(), keys)
     assert (again.train == half.train).all() and again.train_fraction == 0.5
+
+
+def test_card_training_time_counts_members_reused_from_an_earlier_run():
+    from napari_corefit.training.report import _training_seconds
+
+    # the run that saved the ensemble took 5 s: both members were trained before it stopped
+    assert _training_seconds({"seconds": 5.0, "members": [{"seconds": 10.0},
+                                                          {"seconds": 20.0}]}) == 30.0
+    assert _training_seconds({"seconds": 5.0, "members": [{}]}) == 5.0

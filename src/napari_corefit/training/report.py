@@ -42,6 +42,15 @@ SMALL_DATABASE_SITES = 5000
 TEST_COUNTS = (1e2, 1e3, 1e4, 1e5, None)
 
 
+def _training_seconds(training: dict):
+    """Seconds the members took to train: a member reused from an earlier (interrupted) run
+    took its time then, not in the run that saved the ensemble."""
+    per_member = [m.get("seconds") for m in training.get("members", [])]
+    if per_member and all(t is not None for t in per_member):
+        return float(sum(per_member))
+    return training.get("seconds")
+
+
 def _pyplot():
     # a headless backend: the card is written by scripts and CI, never shown
     import matplotlib
@@ -586,7 +595,7 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f"early stopping (patience {tr.get('patience')} epochs, at most {tr.get('epochs')}); "
           f"best epochs per member: "
           f"{[mm_['best_epoch'] + 1 for mm_ in tr.get('members', [])]}; training time "
-          f"{_fmt(tr.get('seconds'), 3)} s.",
+          f"{_fmt(_training_seconds(tr), 3)} s (sum over members).",
           "- Noise: " + ("none (noise-free inputs)." if cfg.get("noise_counts") is None else
                          f"trained at N = {cfg['noise_counts']:g} edge counts."),
           f"- Checkpoint: `{rel(model_dir)}` (safetensors + config.json, weights stored as "
