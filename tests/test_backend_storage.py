@@ -355,6 +355,32 @@ def test_timeout_counts_cpu_time_not_wall_time(monkeypatch):
         assert expected in json.loads(arrays["meta"].tobytes())["status"]
 
 
+def test_timeout_swallowed_once_still_ends_the_molecule(monkeypatch):
+    # a limit whose exception is dropped on the way (a finaliser, a bare except in a library)
+    # must fire again: the molecule fails as timed out rather than running on without a limit
+    from napari_corefit.backend import Recipe, runner
+
+    mol = Molecule.from_smiles("C", optimise="mmff")
+    swallowed = []
+
+    def swallows_then_computes(molecule, recipe):
+        t0 = time.process_time()
+        try:
+            while time.process_time() - t0 < 5.0:
+                sum(range(1000))
+        except BaseException:  # noqa: BLE001 - what a careless library does
+            swallowed.append(True)
+        t0 = time.process_time()
+        while time.process_time() - t0 < 5.0:
+            sum(range(1000))
+        raise ValueError("not stopped")
+
+    monkeypatch.setattr(runner, "compute_molecule", swallows_then_computes)
+    _, arrays = runner.compute_record(mol, Recipe(), timeout=0.5)
+    assert swallowed == [True]
+    assert json.loads(arrays["meta"].tobytes())["status"] == "failed: timeout after 0.5 CPU s"
+
+
 def test_timeout_inside_a_real_site_fails_the_molecule():
     # the limit fires inside PySCF, within a site's own error handling: it must still end the
     # molecule (not fail one site with an empty message and let the molecule run on)

@@ -35,8 +35,36 @@ class _Timeout(BaseException):
     """
 
 
-def _on_timer(signum, frame):
-    raise _Timeout()
+class _CpuLimit:
+    """A CPU-time limit that keeps firing until it is disarmed.
+
+    One signal is not enough: Python runs the handler between bytecodes, and an exception raised
+    inside a finaliser or a C callback is printed and dropped ("Exception ignored in ..."), so a
+    one-shot timer could be lost and the molecule run on without a limit. After the first expiry
+    the timer repeats every tenth of the limit until the molecule's work returns.
+    """
+
+    def __init__(self, seconds):
+        self.seconds = float(seconds)
+        self.armed = False
+        self.fired = False
+
+    def _on_timer(self, signum, frame):
+        if self.armed:
+            self.fired = True
+            raise _Timeout()
+
+    def __enter__(self):
+        signal.signal(signal.SIGPROF, self._on_timer)
+        self.armed = True
+        limit = self.seconds * _THREADS
+        signal.setitimer(signal.ITIMER_PROF, limit, limit / 10)
+        return self
+
+    def __exit__(self, *exc):
+        self.armed = False  # first: a signal arriving now must not raise outside the work
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        return False
 
 
 #: threads of this worker's computation: the CPU-time limit is per thread of work
@@ -53,11 +81,15 @@ def compute_record(molecule, recipe, timeout=None):
     # signals reach only a main thread: Dask runs tasks in worker threads, where the cluster's
     # own limits apply instead
     timeout = timeout if threading.current_thread() is threading.main_thread() else None
-    if timeout:
-        signal.signal(signal.SIGPROF, _on_timer)
-        signal.setitimer(signal.ITIMER_PROF, float(timeout) * _THREADS)
+    limit = _CpuLimit(timeout) if timeout else None
     try:
-        rec = compute_molecule(molecule, recipe)
+        if limit is None:
+            rec = compute_molecule(molecule, recipe)
+        else:
+            with limit:
+                rec = compute_molecule(molecule, recipe)
+            if limit.fired:  # the limit ran out but its exception was swallowed on the way
+                raise _Timeout()
     except _Timeout:
         rec = MoleculeRecord(key=molecule.key, name=molecule.name, source=molecule.source,
                              smiles=molecule.smiles, geometry=molecule.geometry,
@@ -69,9 +101,6 @@ def compute_record(molecule, recipe, timeout=None):
                              smiles=molecule.smiles, geometry=molecule.geometry,
                              symbols=list(molecule.symbols), coords=molecule.coords,
                              status=f"failed: {type(exc).__name__}: {exc}")
-    finally:
-        if timeout:
-            signal.setitimer(signal.ITIMER_PROF, 0)
     return molecule.key, record_to_arrays(rec, recipe)
 
 
