@@ -7,6 +7,7 @@ writes a shard part when all of a shard's molecules are done (:mod:`storage`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,13 +84,10 @@ def compute_record(molecule, recipe, timeout=None):
     timeout = timeout if threading.current_thread() is threading.main_thread() else None
     limit = _CpuLimit(timeout) if timeout else None
     try:
-        if limit is None:
+        with limit or contextlib.nullcontext():
             rec = compute_molecule(molecule, recipe)
-        else:
-            with limit:
-                rec = compute_molecule(molecule, recipe)
-            if limit.fired:  # the limit ran out but its exception was swallowed on the way
-                raise _Timeout()
+        if limit is not None and limit.fired:  # it ran out, but its exception was swallowed
+            raise _Timeout()
     except _Timeout:
         rec = MoleculeRecord(key=molecule.key, name=molecule.name, source=molecule.source,
                              smiles=molecule.smiles, geometry=molecule.geometry,
