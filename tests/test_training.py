@@ -124,6 +124,24 @@ def test_plateau_schedule_and_cosine_loss_options(rows):
     assert set(np.round(hist["lr"], 9)) <= {1e-3, 5e-4, 4e-4}
 
 
+def test_bfloat16_training_learns_and_keeps_float32_weights(rows):
+    arch = default_arch("paper_mlp")
+    settings = TrainSettings(epochs=40, lr=1e-3, batch_size=8, patience=40, device="cpu",
+                             precision="bfloat16")
+    net, hist = train_member(arch, rows, rows, settings, seed=0, progress=False)
+    assert hist["best_val_loss"] < 0.5 * hist["val_loss"][0]
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    # a different arithmetic is a different member: never reused for a float32 one
+    from napari_corefit.training.loop import _member_key, _member_name
+
+    key = {p: _member_name(_member_key(arch, rows, rows, TrainSettings(precision=p), 0, None,
+                                       None)) for p in ("float32", "bfloat16")}
+    assert key["float32"] != key["bfloat16"]
+    with pytest.raises(ValueError, match="precision"):
+        train_member(arch, rows, rows, TrainSettings(epochs=1, precision="float16"), seed=0,
+                     progress=False)
+
+
 def test_engine_preprocessing_of_noise_free_spectra_reproduces_the_training_inputs(rows):
     # noise-free inputs come from backend.curves (fine grid); the engine aligns measured
     # spectra with its own pipeline: both must give the same model input

@@ -45,6 +45,9 @@ def add_parser(subparsers):
                    help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop each member after this many minutes (recorded in the model)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="training arithmetic (bfloat16: autocast, ~2x faster on CPUs with "
+                        "AVX-512 BF16; weights stay float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
@@ -96,7 +99,7 @@ def _train(args):
     options = json.loads(args.arch_options) if args.arch_options else None
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              patience=args.patience, seed=args.seed, device=args.device,
-                             threads=args.threads,
+                             threads=args.threads, precision=args.precision,
                              max_seconds=None if args.max_minutes is None else
                              60.0 * args.max_minutes)
     from napari_corefit.training.dataset import default_preprocess_config

@@ -58,6 +58,11 @@ class TrainSettings:
     #: torch CPU threads (None: torch's default). One thread is several times faster for these
     #: small networks on a machine whose cores are busy with other work.
     threads: int | None = None
+    #: arithmetic of the training forward and backward passes: ``"float32"``, or
+    #: ``"bfloat16"`` (autocast: matrix products in bfloat16, weights, optimiser and loss in
+    #: float32; about 2x faster on CPUs with AVX-512 BF16, docs/model_experiments.md).
+    #: Validation, early stopping and the saved weights are float32 either way.
+    precision: str = "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +130,10 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
     if len(val) == 0:
         raise ValueError("no validation rows")
     seed = settings.seed if seed is None else int(seed)
+    if settings.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got "
+                         f"{settings.precision!r}")
+    autocast_bf16 = settings.precision == "bfloat16"
     device = resolve_device(settings.device)
     if settings.threads and device.type == "cpu":
         torch.set_num_threads(int(settings.threads))
@@ -163,7 +172,9 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
         for i in range(0, rows.size, settings.batch_size):
             idx = torch.from_numpy(rows[i:i + settings.batch_size]).to(device)
             xb, yb = x_train[idx], y_train[idx]
-            loss = _loss(net(xb), yb, settings.cosine_weight)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                pred = net(xb)
+            loss = _loss(pred.float(), yb, settings.cosine_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
