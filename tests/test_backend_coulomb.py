@@ -59,6 +59,13 @@ def test_ks_energy_with_coulomb_fit_equals_pyscf():
     ref.kernel()
     assert ours.converged and ref.converged
     assert abs(ours.e_tot - ref.e_tot) < 1e-7
+    # the AO values were kept after the first cycle, and the kept values give PySCF's numbers
+    assert ours._numint._ao_cache
+    dm = ours.make_rdm1()
+    n, exc, vxc = ours._numint.nr_rks(mol, ours.grids, ours.xc, dm)
+    n_ref, exc_ref, vxc_ref = dft.numint.NumInt().nr_rks(mol, ours.grids, ours.xc, dm)
+    assert exc == pytest.approx(exc_ref, abs=1e-10)
+    np.testing.assert_allclose(vxc, vxc_ref, atol=1e-10)
 
 
 def test_hybrid_functional_keeps_pyscf_density_fitting():
