@@ -1,9 +1,13 @@
-"""Excited core hole on one carbon by Delta-SCF with the maximum-overlap method (SPEC 1.3-1.5).
+"""Excited core hole on one carbon by Delta-SCF (SPEC 1.3-1.5).
 
 The excited carbon carries its own core-valence basis (``C@1``), which breaks the symmetry between
 equivalent carbons and keeps the hole where it was put. The neutral excited state has the alpha
-1s electron of that carbon moved into the lowest unoccupied orbital; MOM (overlap with the initial
-orbitals) keeps that occupation through the SCF.
+1s electron of that carbon moved into the lowest unoccupied orbital. During the SCF the hole is
+kept by maximum overlap with the localised 1s; the valence electrons fill the lowest orbitals of
+the core-hole state (recipe ``occupation="aufbau"``), so the excited electron ends in the core-hole
+state's own lowest unoccupied orbital, which often differs from the ground state's LUMO (a local
+antibonding orbital pulled down by the hole, instead of a pi* elsewhere in the molecule).
+Recipe version 2 kept every orbital by overlap (``occupation="lumo"``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from napari_corefit.backend.fastscf import make_grids, make_ks, xc_energies, xc_
 from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_ground_state
 from napari_corefit.backend.recipe import HARTREE_EV
 
-__all__ = ["SiteResult", "compute_core_hole", "localise_core_hole"]
+__all__ = ["SiteResult", "compute_core_hole", "localise_core_hole", "core_hole_occ"]
 
 
 @dataclass
@@ -70,6 +74,39 @@ def localise_core_hole(mf, atom):
     c[:, core] = c[:, core] @ u
     hole = int(core[0])
     return c, hole, float(w[-1])
+
+
+def core_hole_occ(mf, hole, n_alpha, n_beta):
+    """Set ``mf.get_occ``: alpha hole by overlap, every other electron by aufbau.
+
+    Parameters
+    ----------
+    mf : pyscf UKS object
+    hole : ndarray
+        AO coefficients of the localised 1s orbital to keep empty.
+    n_alpha, n_beta : int
+        Electrons of each spin in the core-hole state.
+
+    In each SCF cycle the alpha orbital with the largest overlap with ``hole`` stays empty and the
+    ``n_alpha`` lowest of the others are filled; beta orbitals fill by aufbau. The 1s orbital lies
+    ~10 Hartree below the valence, so following it by overlap is unambiguous, while the valence
+    relaxes to the lowest state with that hole.
+    """
+    s = mf.get_ovlp()
+    hole_s = hole @ s
+
+    def get_occ(mo_energy=None, mo_coeff=None):
+        mo_energy = mf.mo_energy if mo_energy is None else mo_energy
+        mo_coeff = mf.mo_coeff if mo_coeff is None else mo_coeff
+        occ = np.zeros_like(np.asarray(mo_energy, dtype=np.float64))
+        h = int(np.argmax((hole_s @ mo_coeff[0]) ** 2))
+        order = [i for i in np.argsort(mo_energy[0], kind="stable") if i != h]
+        occ[0, order[:n_alpha]] = 1.0
+        occ[1, np.argsort(mo_energy[1], kind="stable")[:n_beta]] = 1.0
+        return occ
+
+    mf.get_occ = get_occ
+    return mf
 
 
 def _mom_solve(mf, mo0, occ0, stages):
@@ -178,7 +215,10 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         mo0 = np.array([c, c])
         occ0 = np.array([occ_a, occ_b])
         mf = make_ks(mol, recipe, unrestricted=True, share=gs)
-        mf = scf.addons.mom_occ(mf, mo0, occ0)
+        if recipe.occupation == "aufbau":
+            mf = core_hole_occ(mf, c[:, hole], int(occ_a.sum()), int(occ_b.sum()))
+        else:
+            mf = scf.addons.mom_occ(mf, mo0, occ0)
         mf, stage, cycles = _mom_solve(mf, mo0, occ0, _fallback_stages(recipe))
         res.cycles, res.stage = cycles, stage
         if stage == "none":
@@ -193,10 +233,20 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         c_occ = mf.mo_coeff[0][:, mf.mo_occ[0] > 0]
         occ_weight = ((c_occ.T @ s @ ca) ** 2).sum(axis=0)  # ~1 occupied, ~0 empty
         ov_hole = (ca.T @ s @ c[:, hole]) ** 2
-        ov_exc = (ca.T @ s @ c[:, nocc]) ** 2  # the excited electron started in the LUMO
         empty = occ_weight < 0.5
         h = int(np.argmax(np.where(empty, ov_hole, -1)))
-        x = int(np.argmax(np.where(~empty, ov_exc, -1)))
+        if recipe.occupation == "aufbau":
+            # the excited electron: the highest occupied alpha orbital
+            x = int(np.argmax(np.where(~empty, eps, -np.inf)))
+            below = np.flatnonzero(empty & (eps < eps[x]))
+            below = below[below != h]
+            if below.size and eps[x] - eps[below].min() > AUFBAU_TOLERANCE:
+                raise _SiteFailure(f"not the lowest state: an empty orbital lies "
+                                   f"{(eps[x] - eps[below].min()) * HARTREE_EV:.2f} eV below "
+                                   f"the excited electron")
+        else:
+            ov_exc = (ca.T @ s @ c[:, nocc]) ** 2  # the excited electron started in the LUMO
+            x = int(np.argmax(np.where(~empty, ov_exc, -1)))
         on_atom = [lab[0] == atom for lab in mol.ao_labels(fmt=False)]
         res.hole_population = float(lowdin_weights(mf, ca[:, [h]])[on_atom].sum())
         if res.hole_population < recipe.min_hole_population:
@@ -231,6 +281,11 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
             gs._numint.clear_cache()  # AO values of this site's basis: hundreds of MB
     res.seconds = time.perf_counter() - t0
     return res
+
+
+#: Hartree by which an empty orbital may lie below the excited electron's in a converged aufbau
+#: state (near-degenerate pairs swap order between the last shifted and the unshifted Fock matrix)
+AUFBAU_TOLERANCE = 0.002
 
 
 class _SiteFailure(Exception):

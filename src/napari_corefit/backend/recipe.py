@@ -42,6 +42,14 @@ class Recipe:
     energy_grid_level: int | None = 1
     conv_tol: float = 1e-6
     max_cycle: int = 60
+    #: occupation of the core-hole state during its SCF. ``"aufbau"``: the alpha orbital most like
+    #: the localised 1s stays empty and the other alpha electrons fill the lowest orbitals,
+    #: so the excited electron sits in the lowest unoccupied orbital *of the core-hole state*
+    #: (what the paper's CASTEP core-hole calculations do). ``"lumo"`` (recipe version 2): every
+    #: orbital followed by maximum overlap from the ground state, the excited electron kept in
+    #: the ground state's LUMO; on 7 of 26 random database sites that converged to a state with
+    #: an empty valence orbital 0.2-2.8 eV below the excited electron's (docs/backend.md)
+    occupation: str = "aufbau"
     #: a hole whose Loewdin population on the target carbon is below this is a failure
     min_hole_population: float = 0.9
     #: spectrum sticks kept, eV relative to the site's E_exc (model grid reaches +15 eV + tails)
@@ -53,7 +61,11 @@ class Recipe:
     #: spectrum sticks weaker than this fraction of the site's strongest stick are not stored
     min_spectrum_fraction: float = 2e-3
     #: version of the recipe's meaning; bump when a change makes old records incomparable
-    version: int = 2
+    version: int = 3
+
+    def __post_init__(self):
+        if self.occupation not in ("aufbau", "lumo"):
+            raise ValueError(f"occupation must be 'aufbau' or 'lumo', got {self.occupation!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,6 +80,9 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}")
         d = dict(d)
+        if "occupation" not in d:
+            # recipes before version 3 followed the ground state's LUMO
+            d["occupation"] = "lumo"
         for key in ("spectrum_window_ev", "dos_window_ev"):
             if key in d:
                 d[key] = tuple(d[key])
