@@ -174,3 +174,5 @@ def test_recipe_occupation_is_checked_and_old_recipes_read_as_lumo():
     assert Recipe.from_dict(old).occupation == "lumo"
     with pytest.raises(ValueError, match="occupation"):
         Recipe(occupation="mom")
+    # a partial override (no version) keeps today's occupation
+    assert Recipe.from_dict({"grid_level": 1}).occupation == "aufbau"

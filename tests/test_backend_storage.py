@@ -390,3 +390,25 @@ def test_timeout_inside_a_real_site_fails_the_molecule():
     key, arrays = runner.compute_record(mol, Recipe(), timeout=0.3)
     meta = json.loads(arrays["meta"].tobytes())
     assert meta["status"] == "failed: timeout after 0.3 CPU s"
+
+
+def test_a_build_never_adds_records_of_another_recipe(tmp_path):
+    from dataclasses import replace
+
+    from napari_corefit.backend import Recipe
+    from napari_corefit.backend.runner import build_database
+    from napari_corefit.backend.storage import Journal, database_recipes
+
+    db = tmp_path / "db"
+    db.mkdir()
+    old = replace(Recipe(), occupation="lumo", version=2).to_dict()
+    del old["occupation"]  # as recipe-2 shards stored it
+    j = Journal(db, "qm9-000000-000999")
+    j.set_info(recipe=old)
+    j.close()
+    assert database_recipes(db) == [old]
+    with pytest.raises(ValueError, match="another recipe.*version 2"):
+        build_database([], db, Recipe(), progress=False)
+    # the old recipe, given back, continues the same database
+    stats = build_database([], db, Recipe.from_dict(old), progress=False)
+    assert stats["computed"] == 0

@@ -80,8 +80,9 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}")
         d = dict(d)
-        if "occupation" not in d:
-            # recipes before version 3 followed the ground state's LUMO
+        if "occupation" not in d and d.get("version", cls.version) < 3:
+            # recipes before version 3 followed the ground state's LUMO (a dict without a
+            # version is a partial override of today's defaults)
             d["occupation"] = "lumo"
         for key in ("spectrum_window_ev", "dos_window_ev"):
             if key in d:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 from pyscf import dft, scf
 
-from napari_corefit.backend.corehole import localise_core_hole
+from napari_corefit.backend.corehole import core_hole_occ, localise_core_hole
 from napari_corefit.backend.groundstate import build_mol
 from napari_corefit.backend.recipe import HARTREE_EV
 
@@ -50,14 +50,21 @@ def reference_excitation(molecule, atom, recipe, conv_tol=1e-7, max_cycle=100):
     ex.conv_tol = conv_tol
     ex.max_cycle = max_cycle
     ex.verbose = 0
-    ex = scf.addons.mom_occ(ex, np.array([c, c]), np.array([occ_a, occ_b]))
+    # the recipe's occupation rule (a physics choice, not a speed one): the same in both paths
+    if recipe.occupation == "aufbau":
+        ex = core_hole_occ(ex, c[:, hole], int(occ_a.sum()), int(occ_b.sum()))
+    else:
+        ex = scf.addons.mom_occ(ex, np.array([c, c]), np.array([occ_a, occ_b]))
     ex.kernel(dm0=ex.make_rdm1(np.array([c, c]), np.array([occ_a, occ_b])))
     ok = gs.converged and ex.converged
     energy = (ex.e_tot - gs.e_tot) * HARTREE_EV if ok else np.nan
     s = ex.get_ovlp()
     ca, occ, eps = ex.mo_coeff[0], ex.mo_occ[0], ex.mo_energy[0]
     h = int(np.argmax(np.where(occ == 0, (ca.T @ s @ c[:, hole]) ** 2, -1)))
-    x = int(np.argmax(np.where(occ > 0, (ca.T @ s @ c[:, nocc]) ** 2, -1)))
+    if recipe.occupation == "aufbau":
+        x = int(np.argmax(np.where(occ > 0, eps, -np.inf)))  # the highest occupied alpha
+    else:
+        x = int(np.argmax(np.where(occ > 0, (ca.T @ s @ c[:, nocc]) ** 2, -1)))
     finals = np.array([x] + [v for v in np.flatnonzero(occ == 0) if v != h and eps[v] >= eps[x]])
     r = mol.intor_symmetric("int1e_r")
     dip = np.einsum("kab,a,bv->vk", r, ca[:, h], ca[:, finals])

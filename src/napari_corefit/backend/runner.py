@@ -21,8 +21,8 @@ from pathlib import Path
 from napari_corefit.backend.compute import MoleculeRecord, compute_molecule, set_threads
 from napari_corefit.backend.recipe import Recipe
 from napari_corefit.backend.records import record_to_arrays
-from napari_corefit.backend.storage import (Journal, finished_keys, flush_journals,
-                                            journal_keys, shard_key)
+from napari_corefit.backend.storage import (Journal, database_recipes, finished_keys,
+                                            flush_journals, journal_keys, shard_key)
 
 __all__ = ["build_database", "plan_build", "compute_record"]
 
@@ -200,6 +200,7 @@ def build_database(molecules, db_dir, recipe=None, workers=None, threads=None, t
     recipe = recipe or Recipe()
     db_dir = Path(db_dir)
     db_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_recipe(db_dir, recipe)
     todo, groups, skipped = plan_build(molecules, db_dir)
     attrs = {"code": _code_versions()}
     writer = _Writer(db_dir, groups, recipe, attrs)
@@ -234,6 +235,26 @@ def build_database(molecules, db_dir, recipe=None, workers=None, threads=None, t
     stats["shards"] = [str(p) for p in writer.shards]
     stats["seconds"] = time.perf_counter() - t_start
     return stats
+
+
+def _check_same_recipe(db_dir, recipe):
+    """A database directory holds one recipe: a build never adds records of another.
+
+    (A rerun skips the molecules already there, whatever their recipe, so a build with a new
+    recipe in an old directory would leave a mixture that no one asked for.)
+    """
+    for old in database_recipes(db_dir):
+        try:
+            same = Recipe.from_dict(old) == recipe
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            version = old.get("version", "?") if isinstance(old, dict) else "?"
+            raise ValueError(
+                f"{db_dir} holds records of another recipe (version {version}; this build: "
+                f"version {recipe.version}, fingerprint {recipe.fingerprint()}). Build into a "
+                f"new directory, or continue the old recipe with `corefit db build --recipe "
+                f"FILE` (the recipe JSON that `corefit db info` prints).")
 
 
 def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):

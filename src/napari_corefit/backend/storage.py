@@ -252,6 +252,26 @@ def finished_keys(db_dir, shard=None) -> set:
     return keys
 
 
+def database_recipes(db_dir) -> list:
+    """The distinct recipe dicts of a database directory's shard parts and journals."""
+    found = []
+    for p in sorted(Path(db_dir).glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            r = _get_attr(f, "recipe")
+        found.append(json.loads(r) if isinstance(r, str) else r)
+    for p in sorted((Path(db_dir) / ".journal").glob("*.sqlite")):
+        j = Journal(db_dir, p.stem)
+        r = j.info().get("recipe")
+        j.close()
+        if r is not None:
+            found.append(r)
+    distinct = []
+    for r in found:
+        if r is not None and r not in distinct:
+            distinct.append(r)
+    return distinct
+
+
 def journal_keys(db_dir) -> set:
     keys = set()
     for p in sorted((Path(db_dir) / ".journal").glob("*.sqlite")):
