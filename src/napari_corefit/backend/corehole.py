@@ -109,19 +109,23 @@ def core_hole_occ(mf, hole, n_alpha, n_beta):
     return mf
 
 
-def _mom_solve(mf, mo0, occ0, stages):
-    """Run the fallback chain; returns the converged mf, its stage name and total cycles.
+def _mom_solve(mf, mo0, occ0, stages, check=None):
+    """Run the fallback chain; returns the accepted solver, its stage name, total cycles and
+    what ``check`` returned for it.
 
     Every stage restarts from the initial orbitals (a diverged density is a poor start) and
-    keeps MOM's reference to them, so the occupation stays the one that was set.
+    keeps the occupation rule's reference to them. A stage counts only if it converges *and*
+    ``check(solver)`` accepts the state (raises ``_SiteFailure`` otherwise): a stage that
+    converges to a state that fails the checks (the hole escaped, a lower empty orbital) hands
+    over to the next stage. Raises the last check's failure if no stage is accepted.
     """
-    cycles = 0
+    cycles, rejected = 0, None
     dm0 = mf.make_rdm1(mo0, occ0)
     for name, setup in stages:
         solver = setup(mf)
         # no extra unshifted diagonalisation inside the SCF: with a degenerate pi* pair it
         # rotates the pair and reports a converged state as not converged; the unshifted
-        # orbitals are taken afterwards (compute_core_hole)
+        # orbitals are taken afterwards (_converged_state)
         solver.conv_check = False
         counter = {"n": 0}
 
@@ -131,9 +135,57 @@ def _mom_solve(mf, mo0, occ0, stages):
         solver.callback = count
         solver.kernel(dm0=dm0)
         cycles += counter["n"]
-        if solver.converged:
-            return solver, name, cycles
-    return mf, "none", cycles
+        if not solver.converged:
+            continue
+        if check is None:
+            return solver, name, cycles, None
+        try:
+            return solver, name, cycles, check(solver)
+        except _SiteFailure as exc:
+            rejected = (name, exc)
+    if rejected is not None:
+        raise _SiteFailure(f"{rejected[1]} (after {cycles} cycles, last stage "
+                           f"{rejected[0]})")
+    raise _SiteFailure(f"core-hole SCF not converged after {cycles} cycles")
+
+
+def _converged_state(mf, c, hole, nocc, atom, recipe):
+    """Orbitals of a converged core-hole state and the checks on it (``_SiteFailure``).
+
+    Orbitals come from the unshifted Fock matrix: level shifts of the fallback stages move
+    virtual energies, and a degenerate pi* pair may be rotated. Returns a dict with ``eps``,
+    ``ca`` (alpha), ``empty`` (mask), ``h`` (the hole), ``x`` (the excited electron) and
+    ``hole_population``.
+    """
+    s = mf.get_ovlp()
+    fock = mf.get_fock(dm=mf.make_rdm1())
+    eps, ca = mf.eig(fock, s)
+    eps, ca = eps[0], ca[0]
+    c_occ = mf.mo_coeff[0][:, mf.mo_occ[0] > 0]
+    occ_weight = ((c_occ.T @ s @ ca) ** 2).sum(axis=0)  # ~1 occupied, ~0 empty
+    ov_hole = (ca.T @ s @ c[:, hole]) ** 2
+    empty = occ_weight < 0.5
+    h = int(np.argmax(np.where(empty, ov_hole, -1)))
+    if recipe.occupation == "aufbau":
+        # the excited electron: the highest occupied alpha orbital
+        x = int(np.argmax(np.where(~empty, eps, -np.inf)))
+        below = np.flatnonzero(empty & (eps < eps[x]))
+        below = below[below != h]
+        if below.size and eps[x] - eps[below].min() > AUFBAU_TOLERANCE:
+            raise _SiteFailure(f"not the lowest state: an empty orbital lies "
+                               f"{(eps[x] - eps[below].min()) * HARTREE_EV:.2f} eV below "
+                               f"the excited electron")
+    else:
+        ov_exc = (ca.T @ s @ c[:, nocc]) ** 2  # the excited electron started in the LUMO
+        x = int(np.argmax(np.where(~empty, ov_exc, -1)))
+    on_atom = [lab[0] == atom for lab in mf.mol.ao_labels(fmt=False)]
+    population = float(lowdin_weights(mf, ca[:, [h]])[on_atom].sum())
+    if population < recipe.min_hole_population:
+        raise _SiteFailure(f"hole escaped (population {population:.2f} on atom)")
+    if ov_hole[h] < 0.5:
+        raise _SiteFailure("occupation lost: the hole left the initial 1s orbital")
+    return {"eps": eps, "ca": ca, "empty": empty, "h": h, "x": x,
+            "hole_population": population}
 
 
 def _fallback_stages(recipe):
@@ -219,40 +271,16 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
             mf = core_hole_occ(mf, c[:, hole], int(occ_a.sum()), int(occ_b.sum()))
         else:
             mf = scf.addons.mom_occ(mf, mo0, occ0)
-        mf, stage, cycles = _mom_solve(mf, mo0, occ0, _fallback_stages(recipe))
+        try:
+            mf, stage, cycles, state = _mom_solve(
+                mf, mo0, occ0, _fallback_stages(recipe),
+                check=lambda m: _converged_state(m, c, hole, nocc, atom, recipe))
+        except _SiteFailure:
+            res.stage = "none"
+            raise
         res.cycles, res.stage = cycles, stage
-        if stage == "none":
-            raise _SiteFailure(f"core-hole SCF not converged after {cycles} cycles")
-        # Orbitals of the converged state from its unshifted Fock matrix: level shifts of the
-        # fallback stages move virtual energies, and a degenerate pi* pair may be rotated.
-        s = mf.get_ovlp()
-        dm = mf.make_rdm1()
-        fock = mf.get_fock(dm=dm)
-        eps, ca = mf.eig(fock, s)
-        eps, ca = eps[0], ca[0]
-        c_occ = mf.mo_coeff[0][:, mf.mo_occ[0] > 0]
-        occ_weight = ((c_occ.T @ s @ ca) ** 2).sum(axis=0)  # ~1 occupied, ~0 empty
-        ov_hole = (ca.T @ s @ c[:, hole]) ** 2
-        empty = occ_weight < 0.5
-        h = int(np.argmax(np.where(empty, ov_hole, -1)))
-        if recipe.occupation == "aufbau":
-            # the excited electron: the highest occupied alpha orbital
-            x = int(np.argmax(np.where(~empty, eps, -np.inf)))
-            below = np.flatnonzero(empty & (eps < eps[x]))
-            below = below[below != h]
-            if below.size and eps[x] - eps[below].min() > AUFBAU_TOLERANCE:
-                raise _SiteFailure(f"not the lowest state: an empty orbital lies "
-                                   f"{(eps[x] - eps[below].min()) * HARTREE_EV:.2f} eV below "
-                                   f"the excited electron")
-        else:
-            ov_exc = (ca.T @ s @ c[:, nocc]) ** 2  # the excited electron started in the LUMO
-            x = int(np.argmax(np.where(~empty, ov_exc, -1)))
-        on_atom = [lab[0] == atom for lab in mol.ao_labels(fmt=False)]
-        res.hole_population = float(lowdin_weights(mf, ca[:, [h]])[on_atom].sum())
-        if res.hole_population < recipe.min_hole_population:
-            raise _SiteFailure(f"hole escaped (population {res.hole_population:.2f} on atom)")
-        if ov_hole[h] < 0.5:
-            raise _SiteFailure("occupation lost: the hole left the initial 1s orbital")
+        eps, ca, empty, h, x = (state[k] for k in ("eps", "ca", "empty", "h", "x"))
+        res.hole_population = state["hole_population"]
         e_x = mf.e_tot
         if regrid:
             # both converged densities re-integrated on the fine grid in one pass (fastscf)
