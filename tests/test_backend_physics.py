@@ -176,3 +176,17 @@ def test_recipe_occupation_is_checked_and_old_recipes_read_as_lumo():
         Recipe(occupation="mom")
     # a partial override (no version) keeps today's occupation
     assert Recipe.from_dict({"grid_level": 1}).occupation == "aufbau"
+
+
+def test_a_stage_whose_state_fails_the_checks_hands_over_to_the_next():
+    """QM9 #131 (COCC=O), carbon 0: DIIS does not converge, second order converges to a state
+    whose hole has left the carbon; the level-shift stage then finds the aufbau state."""
+    m = Molecule.from_qm9(131)
+    recipe = Recipe()
+    mol = build_mol(m, recipe)
+    dm = run_ground_state(mol, recipe).make_rdm1()
+    site = compute_core_hole(m, 0, recipe, dm_uniform=dm, mol_uniform=mol)
+    assert site.status == "ok", site.status
+    assert site.stage not in ("diis", "newton")
+    assert site.hole_population > 0.9
+    assert 287.0 < site.excitation_energy < 290.0
