@@ -22,7 +22,8 @@ from napari_corefit.backend.fastscf import make_grids, make_ks, xc_energies, xc_
 from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_ground_state
 from napari_corefit.backend.recipe import HARTREE_EV
 
-__all__ = ["SiteResult", "compute_core_hole", "localise_core_hole", "core_hole_occ"]
+__all__ = ["SiteResult", "compute_core_hole", "localise_core_hole", "core_hole_occ",
+           "set_occupation"]
 
 
 @dataclass
@@ -107,6 +108,14 @@ def core_hole_occ(mf, hole, n_alpha, n_beta):
 
     mf.get_occ = get_occ
     return mf
+
+
+def set_occupation(mf, recipe, mo0, occ0, hole):
+    """The recipe's occupation rule on a UKS object: ``core_hole_occ`` (recipe 3, aufbau
+    valence) or maximum overlap with the initial orbitals ``mo0``/``occ0`` (recipe 2)."""
+    if recipe.occupation == "aufbau":
+        return core_hole_occ(mf, hole, int(occ0[0].sum()), int(occ0[1].sum()))
+    return scf.addons.mom_occ(mf, mo0, occ0)
 
 
 def _mom_solve(mf, mo0, occ0, stages, check=None):
@@ -266,11 +275,8 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         occ_a[nocc] = 1.0  # the excited electron in the ground state's LUMO
         mo0 = np.array([c, c])
         occ0 = np.array([occ_a, occ_b])
-        mf = make_ks(mol, recipe, unrestricted=True, share=gs)
-        if recipe.occupation == "aufbau":
-            mf = core_hole_occ(mf, c[:, hole], int(occ_a.sum()), int(occ_b.sum()))
-        else:
-            mf = scf.addons.mom_occ(mf, mo0, occ0)
+        mf = set_occupation(make_ks(mol, recipe, unrestricted=True, share=gs), recipe, mo0, occ0,
+                            c[:, hole])
         try:
             mf, stage, cycles, state = _mom_solve(
                 mf, mo0, occ0, _fallback_stages(recipe),

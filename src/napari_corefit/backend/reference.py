@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from pyscf import dft, scf
+from pyscf import dft
 
-from napari_corefit.backend.corehole import core_hole_occ, localise_core_hole
+from napari_corefit.backend.corehole import localise_core_hole, set_occupation
 from napari_corefit.backend.groundstate import build_mol
 from napari_corefit.backend.recipe import HARTREE_EV
 
@@ -51,10 +51,7 @@ def reference_excitation(molecule, atom, recipe, conv_tol=1e-7, max_cycle=100):
     ex.max_cycle = max_cycle
     ex.verbose = 0
     # the recipe's occupation rule (a physics choice, not a speed one): the same in both paths
-    if recipe.occupation == "aufbau":
-        ex = core_hole_occ(ex, c[:, hole], int(occ_a.sum()), int(occ_b.sum()))
-    else:
-        ex = scf.addons.mom_occ(ex, np.array([c, c]), np.array([occ_a, occ_b]))
+    ex = set_occupation(ex, recipe, np.array([c, c]), np.array([occ_a, occ_b]), c[:, hole])
     ex.kernel(dm0=ex.make_rdm1(np.array([c, c]), np.array([occ_a, occ_b])))
     ok = gs.converged and ex.converged
     energy = (ex.e_tot - gs.e_tot) * HARTREE_EV if ok else np.nan
