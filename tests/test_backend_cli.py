@@ -58,3 +58,39 @@ def test_compute_rejects_a_bad_molecule(tmp_path):
     out = _corefit("compute", "not-a-smiles((")
     assert out.returncode == 2
     assert "cannot parse SMILES" in out.stderr
+
+
+def test_forget_then_build_computes_those_molecules_again(tmp_path):
+    """`db forget` takes molecules out of the finished shards (nothing else changes) and the
+    next build of the same source computes exactly those again."""
+    from napari_corefit.backend import load_database
+
+    db = tmp_path / "db"
+    build = ("db", "build", "--source", "qm9", "--max-heavy", "2", "-o", str(db), "--workers",
+             "2", "--quiet")
+    assert _corefit(*build).returncode == 0
+    before = load_database(db)
+    # nothing selected by the stage filter: a real database has no site of a made-up stage
+    out = _corefit("db", "forget", str(db), "--stage", "no-such-stage")
+    assert out.returncode == 0 and "forgot 0 molecules" in out.stderr
+    dry = _corefit("db", "forget", str(db), "--below", "287.0", "--dry-run")
+    low = dry.stdout.split()
+    energies = dict(zip(before.molecules["key"], before.sites["excitation_energy"]))
+    assert low and sorted(low) == sorted(k for k, e in energies.items() if e < 287.0)
+    out = _corefit("db", "forget", str(db), "--keys", "qm9:000004")  # HCN
+    assert out.returncode == 0 and "forgot 1 molecules" in out.stderr
+    mid = load_database(db)
+    assert "qm9:000004" not in set(mid.molecules["key"]) and mid.n_molecules == 5
+    kept = [k for k in before.molecules["key"] if k != "qm9:000004"]
+    for key in kept:
+        i, j = (list(t.molecules["key"]).index(key) for t in (before, mid))
+        assert before.sites["excitation_energy"][i] == mid.sites["excitation_energy"][j]
+    again = _corefit(*build)
+    assert again.returncode == 0
+    assert '"computed": 1,' in again.stderr, again.stderr[-500:]
+    after = load_database(db)
+    assert after.n_molecules == 6
+    i = list(after.molecules["key"]).index("qm9:000004")
+    j = list(before.molecules["key"]).index("qm9:000004")
+    assert after.sites["excitation_energy"][i] == pytest.approx(
+        before.sites["excitation_energy"][j], abs=1e-4)

@@ -190,3 +190,53 @@ def test_a_stage_whose_state_fails_the_checks_hands_over_to_the_next():
     assert site.stage not in ("diis", "newton")
     assert site.hole_population > 0.9
     assert 287.0 < site.excitation_energy < 290.0
+
+
+def _only_stages(corehole, recipe, names):
+    chain = dict(corehole._fallback_stages(recipe))
+    return lambda r: [(n, chain[n]) for n in names]
+
+
+def test_a_core_hole_shared_with_another_carbon_is_rejected(monkeypatch):
+    """QM9 #343 (CN=C(N)C#N), carbon 0: second order converges to a state 8.5 eV below the real
+    one, in which the empty orbital is still the methyl carbon's 1s but the nitrile carbon's
+    1s is half empty (its electron spread into the methyl carbon's core). The core check
+    rejects it; without the check it would pass as an impossible 279 eV site."""
+    from napari_corefit.backend import corehole
+
+    m = Molecule.from_qm9(343)
+    recipe = Recipe()
+    mol = build_mol(m, recipe)
+    dm = run_ground_state(mol, recipe).make_rdm1()
+    monkeypatch.setattr(corehole, "_fallback_stages", _only_stages(corehole, recipe, ["newton"]))
+    monkeypatch.setattr(corehole, "_descend", lambda *a: (None, "none", 0, None))
+    site = compute_core_hole(m, 0, recipe, dm_uniform=dm, mol_uniform=mol)
+    assert site.status.startswith("failed: another atom's 1s lost 0.4"), site.status
+    monkeypatch.setattr(corehole, "MIN_CORE_WEIGHT", 0.0)
+    collapsed = compute_core_hole(m, 0, recipe, dm_uniform=dm, mol_uniform=mol)
+    assert collapsed.status == "ok" and collapsed.hole_population > 0.9
+    assert collapsed.excitation_energy < 281.0  # below every carbon K edge
+
+
+def test_descent_rescues_a_site_where_aufbau_oscillates(monkeypatch):
+    """QM9 #356 (COC(=O)C=O), carbon 0 (the methyl of a methyl ester): the excited electron
+    jumps between two orbitals from cycle to cycle and DIIS never converges. The descent
+    converges each occupation with the electron held in place; here each of the two orbitals
+    falls below the other once the electron sits in it (no aufbau solution), and the lower of
+    the two states is taken."""
+    from napari_corefit.backend import corehole
+
+    m = Molecule.from_qm9(356)
+    recipe = Recipe()
+    mol = build_mol(m, recipe)
+    dm = run_ground_state(mol, recipe).make_rdm1()
+    monkeypatch.setattr(corehole, "_fallback_stages", _only_stages(corehole, recipe, ["diis"]))
+    site = compute_core_hole(m, 0, recipe, dm_uniform=dm, mol_uniform=mol)
+    assert site.status == "ok" and site.stage == "descent-pair", (site.status, site.stage)
+    assert site.hole_population > 0.9
+    assert 287.0 < site.excitation_energy < 289.0
+    assert site.spec_energy[0] == 0.0 and site.spec_intensity[0] > 0
+    # without the descent the site fails, as it did before
+    monkeypatch.setattr(corehole, "_descend", lambda *a: (None, "none", 0, None))
+    assert compute_core_hole(m, 0, recipe, dm_uniform=dm, mol_uniform=mol).status.startswith(
+        "failed: core-hole SCF not converged")

@@ -57,6 +57,18 @@ def add_parser(sub):
     f.add_argument("db", type=Path)
     f.set_defaults(func=_flush)
 
+    g = dbsub.add_parser("forget", help="take molecules out of the finished shards, so that "
+                         "the next build computes them again")
+    g.add_argument("db", type=Path)
+    g.add_argument("--failed", action="store_true", help="molecules with a failed site")
+    g.add_argument("--stage", nargs="+", default=[], metavar="STAGE",
+                   help="molecules with a site converged by one of these solver stages")
+    g.add_argument("--below", type=float, metavar="EV",
+                   help="molecules with a site whose excitation energy is below this")
+    g.add_argument("--keys", nargs="+", default=[], help="these molecule keys (qm9:000343)")
+    g.add_argument("--dry-run", action="store_true", help="only list what would be forgotten")
+    g.set_defaults(func=_forget)
+
     m = dbsub.add_parser("merge", help="copy the shards of several databases into one")
     m.add_argument("sources", type=Path, nargs="+")
     m.add_argument("-o", "--output", type=Path, required=True)
@@ -204,6 +216,34 @@ def _flush(args):
 
     written = flush_journals(args.db)
     print(f"wrote {len(written)} shard parts", file=sys.stderr)
+    return 0
+
+
+def _forget(args):
+    from napari_corefit.backend.storage import forget_molecules
+
+    def select(key, a):
+        status = a["meta"]["site_status"]
+        stage = a["meta"]["site_stage"]
+        e = np.asarray(a["excitation_energy"], dtype=float)
+        return (key in args.keys
+                or (args.failed and any(s != "ok" for s in status))
+                or any(s in args.stage for s in stage)
+                or (args.below is not None and bool(np.any(e < args.below))))
+
+    if not (args.failed or args.stage or args.keys or args.below is not None):
+        raise SystemExit("corefit db forget: say which molecules (--failed, --stage, --below, "
+                         "--keys)")
+    if args.dry_run:
+        from napari_corefit.backend.storage import read_records
+
+        keys = [k for p in sorted(args.db.glob("*.h5")) for k, a in read_records(p)
+                if select(k, a)]
+        print("\n".join(keys))
+        print(f"{len(keys)} molecules would be forgotten", file=sys.stderr)
+        return 0
+    keys, parts = forget_molecules(args.db, select)
+    print(f"forgot {len(keys)} molecules; rewrote {len(parts)} shard parts", file=sys.stderr)
     return 0
 
 

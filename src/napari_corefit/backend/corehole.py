@@ -20,6 +20,7 @@ from pyscf import scf
 
 from napari_corefit.backend.fastscf import make_grids, make_ks, xc_energies, xc_energy
 from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_ground_state
+from napari_corefit.backend.occupation import core_hole_occ, excited_electron_occ, set_occupation
 from napari_corefit.backend.recipe import HARTREE_EV
 
 __all__ = ["SiteResult", "compute_core_hole", "localise_core_hole", "core_hole_occ",
@@ -77,48 +78,7 @@ def localise_core_hole(mf, atom):
     return c, hole, float(w[-1])
 
 
-def core_hole_occ(mf, hole, n_alpha, n_beta):
-    """Set ``mf.get_occ``: alpha hole by overlap, every other electron by aufbau.
-
-    Parameters
-    ----------
-    mf : pyscf UKS object
-    hole : ndarray
-        AO coefficients of the localised 1s orbital to keep empty.
-    n_alpha, n_beta : int
-        Electrons of each spin in the core-hole state.
-
-    In each SCF cycle the alpha orbital with the largest overlap with ``hole`` stays empty and the
-    ``n_alpha`` lowest of the others are filled; beta orbitals fill by aufbau. The 1s orbital lies
-    ~10 Hartree below the valence, so following it by overlap is unambiguous, while the valence
-    relaxes to the lowest state with that hole.
-    """
-    s = mf.get_ovlp()
-    hole_s = hole @ s
-
-    def get_occ(mo_energy=None, mo_coeff=None):
-        mo_energy = mf.mo_energy if mo_energy is None else mo_energy
-        mo_coeff = mf.mo_coeff if mo_coeff is None else mo_coeff
-        occ = np.zeros_like(np.asarray(mo_energy, dtype=np.float64))
-        h = int(np.argmax((hole_s @ mo_coeff[0]) ** 2))
-        order = [i for i in np.argsort(mo_energy[0], kind="stable") if i != h]
-        occ[0, order[:n_alpha]] = 1.0
-        occ[1, np.argsort(mo_energy[1], kind="stable")[:n_beta]] = 1.0
-        return occ
-
-    mf.get_occ = get_occ
-    return mf
-
-
-def set_occupation(mf, recipe, mo0, occ0, hole):
-    """The recipe's occupation rule on a UKS object: ``core_hole_occ`` (recipe 3, aufbau
-    valence) or maximum overlap with the initial orbitals ``mo0``/``occ0`` (recipe 2)."""
-    if recipe.occupation == "aufbau":
-        return core_hole_occ(mf, hole, int(occ0[0].sum()), int(occ0[1].sum()))
-    return scf.addons.mom_occ(mf, mo0, occ0)
-
-
-def _mom_solve(mf, mo0, occ0, stages, check=None):
+def _mom_solve(mf, mo0, occ0, stages, check=None, history=None):
     """Run the fallback chain; returns the accepted solver, its stage name, total cycles and
     what ``check`` returned for it.
 
@@ -126,7 +86,8 @@ def _mom_solve(mf, mo0, occ0, stages, check=None):
     keeps the occupation rule's reference to them. A stage counts only if it converges *and*
     ``check(solver)`` accepts the state (raises ``_SiteFailure`` otherwise): a stage that
     converges to a state that fails the checks (the hole escaped, a lower empty orbital) hands
-    over to the next stage. Raises the last check's failure if no stage is accepted.
+    over to the next stage. Raises the last check's failure if no stage is accepted. Each
+    stage's last orbitals and orbital energies are appended to ``history`` (a list) if given.
     """
     cycles, rejected = 0, None
     dm0 = mf.make_rdm1(mo0, occ0)
@@ -144,6 +105,8 @@ def _mom_solve(mf, mo0, occ0, stages, check=None):
         solver.callback = count
         solver.kernel(dm0=dm0)
         cycles += counter["n"]
+        if history is not None:
+            history.append((name, np.array(solver.mo_coeff), np.array(solver.mo_energy)))
         if not solver.converged:
             continue
         if check is None:
@@ -154,19 +117,28 @@ def _mom_solve(mf, mo0, occ0, stages, check=None):
             rejected = (name, exc)
     if rejected is not None:
         raise _SiteFailure(f"{rejected[1]} (after {cycles} cycles, last stage "
-                           f"{rejected[0]})")
-    raise _SiteFailure(f"core-hole SCF not converged after {cycles} cycles")
+                           f"{rejected[0]})", cycles=cycles)
+    raise _SiteFailure(f"core-hole SCF not converged after {cycles} cycles", cycles=cycles)
 
 
-def _converged_state(mf, c, hole, nocc, atom, recipe):
+def _converged_state(mf, c, hole, nocc, atom, recipe, other_cores=None, require_aufbau=True):
     """Orbitals of a converged core-hole state and the checks on it (``_SiteFailure``).
 
     Orbitals come from the unshifted Fock matrix: level shifts of the fallback stages move
-    virtual energies, and a degenerate pi* pair may be rotated. Returns a dict with ``eps``,
-    ``ca`` (alpha), ``empty`` (mask), ``h`` (the hole), ``x`` (the excited electron) and
-    ``hole_population``.
+    virtual energies, and a degenerate pi* pair may be rotated. ``other_cores`` are the ground
+    state's occupied core orbitals other than the hole (AO coefficients, columns); they must stay
+    occupied in both spins. Returns a dict with ``eps``, ``ca`` (alpha), ``empty`` (mask), ``h``
+    (the hole), ``x`` (the excited electron), ``hole_population``, ``core_weight`` and
+    ``aufbau_gap`` (Hartree by which the lowest empty valence orbital lies below the excited
+    electron's, 0 if none; above ``AUFBAU_TOLERANCE`` is a failure if ``require_aufbau``).
     """
     s = mf.get_ovlp()
+    core_weight = 1.0
+    if other_cores is not None and other_cores.shape[1]:
+        core_weight = _core_weight(mf, other_cores, s)
+        if core_weight < MIN_CORE_WEIGHT:
+            raise _SiteFailure(f"another atom's 1s lost {1 - core_weight:.2f} of an electron "
+                               f"(the hole spread over two cores)")
     fock = mf.get_fock(dm=mf.make_rdm1())
     eps, ca = mf.eig(fock, s)
     eps, ca = eps[0], ca[0]
@@ -180,11 +152,12 @@ def _converged_state(mf, c, hole, nocc, atom, recipe):
         x = int(np.argmax(np.where(~empty, eps, -np.inf)))
         below = np.flatnonzero(empty & (eps < eps[x]))
         below = below[below != h]
-        if below.size and eps[x] - eps[below].min() > AUFBAU_TOLERANCE:
+        gap = float(eps[x] - eps[below].min()) if below.size else 0.0
+        if require_aufbau and gap > AUFBAU_TOLERANCE:
             raise _SiteFailure(f"not the lowest state: an empty orbital lies "
-                               f"{(eps[x] - eps[below].min()) * HARTREE_EV:.2f} eV below "
-                               f"the excited electron")
+                               f"{gap * HARTREE_EV:.2f} eV below the excited electron")
     else:
+        gap = 0.0
         ov_exc = (ca.T @ s @ c[:, nocc]) ** 2  # the excited electron started in the LUMO
         x = int(np.argmax(np.where(~empty, ov_exc, -1)))
     on_atom = [lab[0] == atom for lab in mf.mol.ao_labels(fmt=False)]
@@ -194,7 +167,93 @@ def _converged_state(mf, c, hole, nocc, atom, recipe):
     if ov_hole[h] < 0.5:
         raise _SiteFailure("occupation lost: the hole left the initial 1s orbital")
     return {"eps": eps, "ca": ca, "empty": empty, "h": h, "x": x,
-            "hole_population": population}
+            "hole_population": population, "core_weight": core_weight, "aufbau_gap": gap}
+
+
+def _core_weight(mf, cores, s):
+    """Smallest share of the subspace ``cores`` that lies in the occupied space, over both
+    spins: 1 when every one of those 1s orbitals stays filled, ~0.5 when one is half empty.
+
+    The smallest singular value of the overlap between the two subspaces is the cosine of their
+    largest principal angle, so a core hole shared between two atoms shows up even when the
+    empty orbital itself still looks like the target's 1s (its overlap with the target's
+    localised 1s above 0.99 and its population on the target atom too: QM9 #343 C0, where the
+    second-order solver converged to such a state 8.5 eV below the real one; docs/backend.md).
+    """
+    weight = 1.0
+    for coeff, occ in zip(mf.mo_coeff, mf.mo_occ):
+        proj = cores.T @ s @ coeff[:, occ > 0]
+        weight = min(weight, float(np.linalg.svd(proj, compute_uv=False).min() ** 2))
+    return weight
+
+
+def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, check):
+    """Last resort where aufbau oscillates: converge the excited electron in a fixed orbital and
+    move it down until the state is aufbau or the states repeat.
+
+    From the last iterate of the DIIS stage (``start_coeff``/``start_energy``, both spins) two
+    starts are tried: the electron in the highest filled alpha orbital and in the lowest empty
+    one, the pair that traded places from cycle to cycle. Each state is converged with the
+    electron followed by overlap (:func:`excited_electron_occ`) and checked by ``check`` (without
+    the aufbau test); if an empty orbital lies below the electron's, the electron moves into it
+    and the new state is converged in turn, until a state is aufbau (accepted: the recipe's
+    state) or the energies repeat. A repeat means aufbau has no self-consistent solution here:
+    each of two orbitals falls below the other once the electron sits in it. Then the lower
+    energy of the cycle is taken if its lowest empty orbital is less than ``MAX_PAIR_GAP``
+    below the electron's (docs/backend.md "Which excited state").
+
+    Returns ``(solver, stage, cycles, state)`` with ``stage`` ``"descent"`` (aufbau reached) or
+    ``"descent-pair"``, or ``None`` with the cycles spent if nothing was accepted.
+    """
+    s = make_solver().get_ovlp()
+    h = int(np.argmax((hole @ s @ start_coeff[0]) ** 2))
+    order = [i for i in np.argsort(start_energy[0], kind="stable") if i != h]
+    beta = np.zeros_like(start_energy[1])
+    beta[np.argsort(start_energy[1], kind="stable")[:n_beta]] = 1.0
+    found, cycles = [], 0
+    for first in order[n_alpha - 1:n_alpha + 1]:
+        alpha = np.zeros_like(start_energy[0])
+        alpha[order[:n_alpha - 1]] = 1.0
+        alpha[first] = 1.0
+        coeff, occ, excited = start_coeff, np.array([alpha, beta]), start_coeff[0][:, first]
+        energies = []
+        for _ in range(MAX_DESCENT_STEPS):
+            solver = excited_electron_occ(make_solver(), hole, excited, n_alpha, n_beta)
+            solver.conv_check = False
+            counter = {"n": 0}
+
+            def count(envs, counter=counter):
+                counter["n"] += 1
+
+            solver.callback = count
+            solver.kernel(dm0=solver.make_rdm1(coeff, occ))
+            cycles += counter["n"]
+            if not solver.converged:
+                break
+            try:
+                state = check(solver)
+            except _SiteFailure:
+                break
+            if state["aufbau_gap"] <= AUFBAU_TOLERANCE:
+                return solver, "descent", cycles, state
+            if any(abs(solver.e_tot - e) < 1e-5 for e in energies):
+                break  # the cycle closed
+            energies.append(solver.e_tot)
+            found.append((solver.e_tot, solver, state))
+            eps, ca, empty, x = (state[k] for k in ("eps", "ca", "empty", "x"))
+            below = np.flatnonzero(empty & (eps < eps[x]))
+            below = below[below != state["h"]]
+            lowest = int(below[np.argmin(eps[below])])
+            alpha = (~empty).astype(np.float64)
+            alpha[x], alpha[lowest] = 0.0, 1.0
+            coeff = np.array([ca, solver.mo_coeff[1]])
+            occ = np.array([alpha, solver.mo_occ[1]])
+            excited = ca[:, lowest]
+    if found:
+        e, solver, state = min(found, key=lambda item: item[0])
+        if state["aufbau_gap"] < MAX_PAIR_GAP:
+            return solver, "descent-pair", cycles, state
+    return None, "none", cycles, None
 
 
 def _fallback_stages(recipe):
@@ -269,6 +328,8 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         if pop0 < recipe.min_hole_population:
             raise _SiteFailure(f"1s orbital not localisable on atom {atom} ({pop0:.2f})")
         nocc = int(np.count_nonzero(gs.mo_occ > 0))
+        cores = np.flatnonzero((gs.mo_energy < -5.0) & (gs.mo_occ > 0))
+        other_cores = c[:, cores[cores != hole]]
         occ_a = (gs.mo_occ > 0).astype(np.float64)
         occ_b = occ_a.copy()
         occ_a[hole] = 0.0
@@ -277,13 +338,28 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         occ0 = np.array([occ_a, occ_b])
         mf = set_occupation(make_ks(mol, recipe, unrestricted=True, share=gs), recipe, mo0, occ0,
                             c[:, hole])
+        history = []
         try:
             mf, stage, cycles, state = _mom_solve(
                 mf, mo0, occ0, _fallback_stages(recipe),
-                check=lambda m: _converged_state(m, c, hole, nocc, atom, recipe))
-        except _SiteFailure:
-            res.stage = "none"
-            raise
+                check=lambda m: _converged_state(m, c, hole, nocc, atom, recipe, other_cores),
+                history=history)
+        except _SiteFailure as failure:
+            if recipe.occupation != "aufbau" or not history:
+                res.stage = "none"
+                raise
+            _, start_coeff, start_energy = history[0]  # the DIIS stage's last iterate
+            mf, stage, extra, state = _descend(
+                lambda: make_ks(mol, recipe, unrestricted=True, share=gs), start_coeff,
+                start_energy, c[:, hole], int(occ0[0].sum()), int(occ0[1].sum()),
+                lambda m: _converged_state(m, c, hole, nocc, atom, recipe, other_cores,
+                                           require_aufbau=False))
+            cycles = failure.cycles + extra
+            if mf is None:
+                res.stage = "none"
+                res.cycles = cycles
+                raise _SiteFailure(f"{failure}; descent: nothing accepted after {extra} "
+                                   f"cycles") from None
         res.cycles, res.stage = cycles, stage
         eps, ca, empty, h, x = (state[k] for k in ("eps", "ca", "empty", "h", "x"))
         res.hole_population = state["hole_population"]
@@ -317,10 +393,23 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
     return res
 
 
+#: a converged state in which the other atoms' 1s orbitals are filled by less than this (smallest
+#: principal share, :func:`_core_weight`) is a collapsed state, not the recipe's core hole;
+#: ordinary states give > 0.999 (docs/backend.md)
+MIN_CORE_WEIGHT = 0.95
+
+#: states converged by :func:`_descend` before the cycle must close
+MAX_DESCENT_STEPS = 5
+#: Hartree: the lower state of an aufbau cycle is accepted only if its lowest empty orbital lies
+#: less than this below the excited electron's (~1 eV; docs/backend.md)
+MAX_PAIR_GAP = 0.04
+
 #: Hartree by which an empty orbital may lie below the excited electron's in a converged aufbau
 #: state (near-degenerate pairs swap order between the last shifted and the unshifted Fock matrix)
 AUFBAU_TOLERANCE = 0.002
 
 
 class _SiteFailure(Exception):
-    pass
+    def __init__(self, message, cycles=0):
+        super().__init__(message)
+        self.cycles = cycles

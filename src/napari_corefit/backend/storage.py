@@ -32,6 +32,7 @@ import numpy as np
 from napari_corefit.backend.records import SITE_FIELDS, arrays_to_bytes, bytes_to_arrays
 
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
+           "forget_molecules",
            "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 3
@@ -307,6 +308,45 @@ def flush_journals(db_dir, recipe_dict=None, only=None, delete=False) -> list:
         else:
             j.close()
     return written
+
+
+def forget_molecules(db_dir, select) -> tuple:
+    """Take molecules out of a database's finished shards, so that the next build computes them
+    again (after a fix of the recipe's solver for sites that failed, for example).
+
+    Parameters
+    ----------
+    db_dir : str or Path
+    select : callable
+        ``select(key, arrays)`` with a record as :func:`read_records` gives it; True to forget.
+
+    Returns
+    -------
+    keys : list of str
+        The molecules taken out.
+    parts : list of Path
+        The rewritten shard parts.
+
+    Every part holding a selected molecule is rewritten without it as a new part, and only then
+    deleted: a crash in between leaves both, and :func:`load_database` drops the duplicates.
+    """
+    db_dir = Path(db_dir)
+    forgotten, written = [], []
+    for p in sorted(db_dir.glob("*.h5")):
+        records = read_records(p)
+        drop = [k for k, a in records if select(k, a)]
+        if not drop:
+            continue
+        with h5py.File(p, "r") as f:
+            key, recipe = _get_attr(f, "shard_key"), _get_attr(f, "recipe")
+        recipe = json.loads(recipe) if isinstance(recipe, str) else recipe
+        keep = [(k, a) for k, a in records if k not in drop]
+        if keep:
+            written.append(write_shard(db_dir, key, keep, recipe))
+        p.unlink()
+        _fsync_dir(db_dir)
+        forgotten += drop
+    return forgotten, written
 
 
 # --------------------------------------------------------------------------- reading
