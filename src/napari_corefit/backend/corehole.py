@@ -8,6 +8,10 @@ the core-hole state (recipe ``occupation="aufbau"``), so the excited electron en
 state's own lowest unoccupied orbital, which often differs from the ground state's LUMO (a local
 antibonding orbital pulled down by the hole, instead of a pi* elsewhere in the molecule).
 Recipe version 2 kept every orbital by overlap (``occupation="lumo"``).
+
+A converged state is accepted only if it passes the checks of :func:`_converged_state`; where
+aufbau oscillates between two orbitals, :func:`_descend` converges each occupation on its own
+(docs/backend.md, "Which excited state").
 """
 
 from __future__ import annotations
