@@ -214,13 +214,12 @@ def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, chec
     order = [i for i in np.argsort(start_energy[0], kind="stable") if i != h]
     beta = np.zeros_like(start_energy[1])
     beta[np.argsort(start_energy[1], kind="stable")[:n_beta]] = 1.0
-    found, cycles = [], 0
+    found, cycles = [], 0  # every state converged, over both starts
     for first in order[n_alpha - 1:n_alpha + 1]:
         alpha = np.zeros_like(start_energy[0])
         alpha[order[:n_alpha - 1]] = 1.0
         alpha[first] = 1.0
         coeff, occ, excited = start_coeff, np.array([alpha, beta]), start_coeff[0][:, first]
-        energies = []
         for _ in range(MAX_DESCENT_STEPS):
             solver = excited_electron_occ(make_solver(), hole, excited, n_alpha, n_beta)
             solver.conv_check = False
@@ -240,9 +239,8 @@ def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, chec
                 break
             if state["aufbau_gap"] <= AUFBAU_TOLERANCE:
                 return solver, "descent", cycles, state
-            if any(abs(solver.e_tot - e) < 1e-5 for e in energies):
-                break  # the cycle closed
-            energies.append(solver.e_tot)
+            if any(abs(solver.e_tot - e) < 1e-5 for e, _, _ in found):
+                break  # a state seen before: the cycle closed (or this start joined it)
             found.append((solver.e_tot, solver, state))
             eps, ca, empty, x = (state[k] for k in ("eps", "ca", "empty", "x"))
             below = np.flatnonzero(empty & (eps < eps[x]))
