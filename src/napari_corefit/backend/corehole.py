@@ -207,7 +207,8 @@ def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, chec
     below the electron's (docs/backend.md "Which excited state").
 
     Returns ``(solver, stage, cycles, state)`` with ``stage`` ``"descent"`` (aufbau reached) or
-    ``"descent-pair"``, or ``None`` with the cycles spent if nothing was accepted.
+    ``"descent-pair"``; if nothing was accepted, ``solver`` and ``state`` are None and ``stage``
+    says why.
     """
     s = make_solver().get_ovlp()
     h = int(np.argmax((hole @ s @ start_coeff[0]) ** 2))
@@ -251,11 +252,13 @@ def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, chec
             coeff = np.array([ca, solver.mo_coeff[1]])
             occ = np.array([alpha, solver.mo_occ[1]])
             excited = ca[:, lowest]
-    if found:
-        e, solver, state = min(found, key=lambda item: item[0])
-        if state["aufbau_gap"] < MAX_PAIR_GAP:
-            return solver, "descent-pair", cycles, state
-    return None, "none", cycles, None
+    if not found:
+        return None, "no state converged", cycles, None
+    e, solver, state = min(found, key=lambda item: item[0])
+    if state["aufbau_gap"] < MAX_PAIR_GAP:
+        return solver, "descent-pair", cycles, state
+    return None, (f"the lowest of {len(found)} states has an empty orbital "
+                  f"{state['aufbau_gap'] * HARTREE_EV:.2f} eV below the electron's"), cycles, None
 
 
 def _fallback_stages(recipe):
@@ -360,8 +363,7 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
             if mf is None:
                 res.stage = "none"
                 res.cycles = cycles
-                raise _SiteFailure(f"{failure}; descent: nothing accepted after {extra} "
-                                   f"cycles") from None
+                raise _SiteFailure(f"{failure}; descent ({extra} cycles): {stage}") from None
         res.cycles, res.stage = cycles, stage
         eps, ca, empty, h, x = (state[k] for k in ("eps", "ca", "empty", "h", "x"))
         res.hole_population = state["hole_population"]
