@@ -77,7 +77,18 @@ def test_forget_then_build_computes_those_molecules_again(tmp_path):
     low = dry.stdout.split()
     energies = dict(zip(before.molecules["key"], before.sites["excitation_energy"]))
     assert low and sorted(low) == sorted(k for k, e in energies.items() if e < 287.0)
-    out = _corefit("db", "forget", str(db), "--keys", "qm9:000004")  # HCN
+    # --in: what another database holds (here a copy holding only acetylene, QM9 #4)
+    other = tmp_path / "other"
+    other.mkdir()
+    import shutil
+
+    for p in db.glob("*.h5"):
+        shutil.copy(p, other / p.name)
+    assert _corefit("db", "forget", str(other), "--keys", "qm9:000001", "qm9:000006",
+                    "qm9:000007", "qm9:000008").returncode == 0
+    assert set(load_database(other).molecules["key"]) == {"qm9:000004", "qm9:000005"}
+    assert _corefit("db", "forget", str(other), "--keys", "qm9:000005").returncode == 0
+    out = _corefit("db", "forget", str(db), "--in", str(other))
     assert out.returncode == 0 and "forgot 1 molecules" in out.stderr
     mid = load_database(db)
     assert "qm9:000004" not in set(mid.molecules["key"]) and mid.n_molecules == 5

@@ -1,6 +1,7 @@
 """Training and evaluation on a tiny database computed by the real backend (``tiny_db``)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,36 @@ def test_card_training_time_counts_members_reused_from_an_earlier_run():
     assert _training_seconds({"seconds": 5.0, "members": [{"seconds": 10.0},
                                                           {"seconds": 20.0}]}) == 30.0
     assert _training_seconds({"seconds": 5.0, "members": [{}]}) == 5.0
+
+
+def test_a_database_of_two_recipes_is_trained_on_and_says_so(tiny_db, tmp_path):
+    """The transition between recipes: records of an older recipe for the molecules the newer
+    one has not reached. The checkpoint config lists the sites of each recipe."""
+    import shutil
+
+    import h5py
+
+    from napari_corefit.backend.storage import read_records, recipe_site_counts, write_shard
+    from napari_corefit.training.train import train_model
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    parts = sorted(Path(tiny_db).glob("*.h5"))
+    with h5py.File(parts[0], "r") as f:
+        recipe = json.loads(f.attrs["recipe"])
+        key = f.attrs["shard_key"]
+    older = {**recipe, "occupation": "lumo", "version": 2}
+    write_shard(mixed, key, read_records(parts[0]), older)
+    for p in parts[1:]:
+        shutil.copy(p, mixed / p.name)
+    counts = {c["recipe"]["version"]: c["n_sites"] for c in recipe_site_counts(mixed)}
+    total = sum(int(h5py.File(p, "r").attrs["n_sites"]) for p in parts)
+    assert set(counts) == {2, 3} and sum(counts.values()) == total and counts[2] > 0
+    m = train_model(mixed, tmp_path / "m", n_members=1, progress=False,
+                    settings=TrainSettings(epochs=2, device="cpu"))
+    got = {c["recipe"]["version"]: c["n_sites"] for c in m.config["recipes"]}
+    assert got == counts
+    # one recipe: no such entry
+    one = train_model(tiny_db, tmp_path / "one", n_members=1, progress=False,
+                      settings=TrainSettings(epochs=2, device="cpu"))
+    assert "recipes" not in one.config

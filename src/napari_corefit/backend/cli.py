@@ -66,6 +66,9 @@ def add_parser(sub):
     g.add_argument("--below", type=float, metavar="EV",
                    help="molecules with a site whose excitation energy is below this")
     g.add_argument("--keys", nargs="+", default=[], help="these molecule keys (qm9:000343)")
+    g.add_argument("--in", dest="held_by", type=Path, metavar="OTHER_DB",
+                   help="molecules that the finished shards of OTHER_DB hold (e.g. the records "
+                        "of an older recipe that a newer database has computed again)")
     g.add_argument("--dry-run", action="store_true", help="only list what would be forgotten")
     g.set_defaults(func=_forget)
 
@@ -220,20 +223,25 @@ def _flush(args):
 
 
 def _forget(args):
-    from napari_corefit.backend.storage import forget_molecules
+    from napari_corefit.backend.storage import finished_keys, forget_molecules
+
+    if args.held_by is not None and not args.held_by.is_dir():
+        raise SystemExit(f"corefit db forget: no database at {args.held_by}")
+    held = finished_keys(args.held_by) if args.held_by is not None else set()
 
     def select(key, a):
         status = a["meta"]["site_status"]
         stage = a["meta"]["site_stage"]
         e = np.asarray(a["excitation_energy"], dtype=float)
-        return (key in args.keys
+        return (key in args.keys or key in held
                 or (args.failed and any(s != "ok" for s in status))
                 or any(s in args.stage for s in stage)
                 or (args.below is not None and bool(np.any(e < args.below))))
 
-    if not (args.failed or args.stage or args.keys or args.below is not None):
+    if not (args.failed or args.stage or args.keys or args.below is not None
+            or args.held_by is not None):
         raise SystemExit("corefit db forget: say which molecules (--failed, --stage, --below, "
-                         "--keys)")
+                         "--keys, --in)")
     if args.dry_run:
         from napari_corefit.backend.storage import read_records
 

@@ -32,7 +32,7 @@ import numpy as np
 from napari_corefit.backend.records import SITE_FIELDS, arrays_to_bytes, bytes_to_arrays
 
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
-           "forget_molecules",
+           "forget_molecules", "recipe_site_counts",
            "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 3
@@ -271,6 +271,20 @@ def database_recipes(db_dir) -> list:
         if r is not None and r not in distinct:
             distinct.append(r)
     return distinct
+
+
+def recipe_site_counts(db_dir) -> list:
+    """``[{"recipe": dict, "n_sites": int}, ...]``: the finished shards' sites by recipe (a
+    database that holds the records of an older recipe beside a newer one says so)."""
+    counts = {}
+    for p in sorted(Path(db_dir).glob("*.h5")) if Path(db_dir).is_dir() else [Path(db_dir)]:
+        with h5py.File(p, "r") as f:
+            r = _get_attr(f, "recipe")
+            n = int(f.attrs["n_sites"]) if "n_sites" in f.attrs else \
+                int(_read_part(f)[1]["atom_index"].size)
+        key = r if isinstance(r, str) else json.dumps(r, sort_keys=True)
+        counts[key] = counts.get(key, 0) + n
+    return [{"recipe": json.loads(k), "n_sites": n} for k, n in counts.items()]
 
 
 def journal_keys(db_dir) -> set:

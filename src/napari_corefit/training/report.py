@@ -612,6 +612,12 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
           f" ({db_cfg.get('n_sites')} sites, {db_cfg.get('n_molecules')} usable molecules, shards "
           f"{db_cfg.get('shards')}).",
           f"- Recipe: `{cfg.get('recipe')}`.", ""]
+    if cfg.get("recipes"):
+        mix = "; ".join(f"recipe version {c['recipe'].get('version')}: {c['n_sites']} sites"
+                        for c in cfg["recipes"])
+        L[-1:-1] = [f"- Records of more than one recipe ({mix}): each molecule is in the "
+                    "database once, with the newest recipe that has computed it "
+                    "(`corefit db forget --in`; docs/backend.md)."]
     ac = alignment_check(table)
     L += [f"- Alignment check: the engine's preprocessing (background removal off) of the "
           f"noise-free absolute spectra of all {ac['n']} usable sites reproduces the noise-free "

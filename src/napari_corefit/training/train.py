@@ -41,6 +41,17 @@ def database_recipe(table):
     return None
 
 
+def _recipe_mix(db):
+    """``{"recipes": [...]}`` when the database's shards were made with more than one recipe
+    (the recipe-2 records of molecules not yet computed with recipe 3, for example)."""
+    from napari_corefit.backend.storage import recipe_site_counts
+
+    if db is None:
+        return {}
+    counts = recipe_site_counts(db)
+    return {"recipes": counts} if len(counts) > 1 else {}
+
+
 def _log(msg, progress):
     if progress:
         print(msg, file=sys.stderr)
@@ -144,6 +155,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
                      "n_rows": len(rows), **database_fingerprint(db, n_sites=len(
                          table.sites["ok"]))},
         "recipe": database_recipe(table),
+        **_recipe_mix(db),
         "split": sp.settings(),
         "rows": {"train": len(train), "val": len(val), "test": len(test)},
         "training": {**settings.to_dict(), "n_members": n_members,
