@@ -36,6 +36,7 @@ def test_qm9_build_small_molecules(tmp_path):
     assert by["C"]["excitation_energy_ev"] > by["C#C"]["excitation_energy_ev"]
     summary = _corefit("db", "info", str(db))
     assert "sites 6 (6 ok, 0 failed)" in summary.stdout
+    assert "converged by diis 6" in summary.stdout  # the solver stages, counted
 
 
 def test_compute_one_molecule_with_plot(tmp_path):

@@ -202,6 +202,9 @@ def _info(args):
         heavy = table.molecules["n_heavy"][s["molecule"]]
         for h in np.unique(heavy):
             print(f"  heavy atoms {h}: {int((heavy == h).sum())} sites")
+        stages, counts = np.unique(np.asarray(s["stage"][ok], dtype=str), return_counts=True)
+        print("  converged by " + ", ".join(f"{st} {n}" for st, n in
+                                            sorted(zip(stages, counts), key=lambda t: -t[1])))
         reasons = {}
         for st in s["status"][~ok]:
             reasons[st] = reasons.get(st, 0) + 1
