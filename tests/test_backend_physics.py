@@ -236,6 +236,10 @@ def test_descent_rescues_a_site_where_aufbau_oscillates(monkeypatch):
     assert site.hole_population > 0.9
     assert 287.0 < site.excitation_energy < 289.0
     assert site.spec_energy[0] == 0.0 and site.spec_intensity[0] > 0
+    # the other state of the cycle is a final state too, 0.78 eV up (Delta-SCF), not lost
+    assert np.all(np.diff(site.spec_energy) >= 0)
+    partner = (site.spec_energy > 0.6) & (site.spec_energy < 1.0)
+    assert partner.any() and site.spec_intensity[partner].max() > 0.01 * site.spec_intensity.max()
     # without the descent the site fails, as it did before
     monkeypatch.setattr(corehole, "_descend", lambda *a: (None, "none", 0, None))
     assert compute_core_hole(m, 0, recipe, dm_uniform=dm, mol_uniform=mol).status.startswith(

@@ -256,9 +256,31 @@ def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, chec
         return None, "no state converged", cycles, None
     e, solver, state = min(found, key=lambda item: item[0])
     if state["aufbau_gap"] < MAX_PAIR_GAP:
+        state["partner"] = _pair_partner(state, found, s)
         return solver, "descent-pair", cycles, state
     return None, (f"the lowest of {len(found)} states has an empty orbital "
                   f"{state['aufbau_gap'] * HARTREE_EV:.2f} eV below the electron's"), cycles, None
+
+
+def _pair_partner(state, found, s):
+    """The other state of an aufbau cycle: the one whose excited electron sits in the orbital
+    that lies below the electron of ``state``. Returns ``(energy above state's, Hartree;
+    that state's converged solver and checked state)``, or None."""
+    eps, ca, empty, x = (state[k] for k in ("eps", "ca", "empty", "x"))
+    below = np.flatnonzero(empty & (eps < eps[x]))
+    below = below[below != state["h"]]
+    lowest = ca[:, below[np.argmin(eps[below])]]
+    best, like = None, 0.5
+    for e, solver, other in found:
+        if other is state:
+            continue
+        ov = float((lowest @ s @ other["ca"][:, other["x"]]) ** 2)
+        if ov > like:
+            best, like = (e, solver, other), ov
+    if best is None:
+        return None
+    e, solver, other = best
+    return e - min(item[0] for item in found), solver, other
 
 
 def _fallback_stages(recipe):
@@ -386,6 +408,16 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         dip = np.einsum("kab,a,bv->vk", r, ca[:, h], ca[:, finals])
         res.spec_energy = (eps[finals] - eps[x]) * HARTREE_EV
         res.spec_xyz = dip ** 2
+        if state.get("partner") is not None:
+            # a descent-pair state: the transition into the other orbital of the pair, which
+            # lies below the electron's, is the other state of the cycle: at its Delta-SCF
+            # energy, with its own hole and orbital (docs/backend.md)
+            de, _, other = state["partner"]
+            d = np.einsum("kab,a,b->k", r, other["ca"][:, other["h"]],
+                          other["ca"][:, other["x"]])
+            order = np.argsort(np.append(res.spec_energy, de * HARTREE_EV), kind="stable")
+            res.spec_energy = np.append(res.spec_energy, de * HARTREE_EV)[order]
+            res.spec_xyz = np.vstack([res.spec_xyz, d ** 2])[order]
     except _SiteFailure as exc:
         res.status = f"failed: {exc}"
     except Exception as exc:  # noqa: BLE001 - a failed site must never crash a build
