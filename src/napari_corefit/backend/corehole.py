@@ -82,6 +82,22 @@ def localise_core_hole(mf, atom):
     return c, hole, float(w[-1])
 
 
+def _run(solver, dm0):
+    """Run an SCF from ``dm0``; returns the number of cycles it took."""
+    # no extra unshifted diagonalisation inside the SCF: with a degenerate pi* pair it rotates
+    # the pair and reports a converged state as not converged; the unshifted orbitals are taken
+    # afterwards (_converged_state)
+    solver.conv_check = False
+    counter = {"n": 0}
+
+    def count(envs):
+        counter["n"] += 1
+
+    solver.callback = count
+    solver.kernel(dm0=dm0)
+    return counter["n"]
+
+
 def _mom_solve(mf, mo0, occ0, stages, check=None, history=None):
     """Run the fallback chain; returns the accepted solver, its stage name, total cycles and
     what ``check`` returned for it.
@@ -97,18 +113,7 @@ def _mom_solve(mf, mo0, occ0, stages, check=None, history=None):
     dm0 = mf.make_rdm1(mo0, occ0)
     for name, setup in stages:
         solver = setup(mf)
-        # no extra unshifted diagonalisation inside the SCF: with a degenerate pi* pair it
-        # rotates the pair and reports a converged state as not converged; the unshifted
-        # orbitals are taken afterwards (_converged_state)
-        solver.conv_check = False
-        counter = {"n": 0}
-
-        def count(envs, counter=counter):
-            counter["n"] += 1
-
-        solver.callback = count
-        solver.kernel(dm0=dm0)
-        cycles += counter["n"]
+        cycles += _run(solver, dm0)
         if history is not None:
             history.append((name, np.array(solver.mo_coeff), np.array(solver.mo_energy)))
         if not solver.converged:
@@ -223,15 +228,7 @@ def _descend(make_solver, start_coeff, start_energy, hole, n_alpha, n_beta, chec
         coeff, occ, excited = start_coeff, np.array([alpha, beta]), start_coeff[0][:, first]
         for _ in range(MAX_DESCENT_STEPS):
             solver = excited_electron_occ(make_solver(), hole, excited, n_alpha, n_beta)
-            solver.conv_check = False
-            counter = {"n": 0}
-
-            def count(envs, counter=counter):
-                counter["n"] += 1
-
-            solver.callback = count
-            solver.kernel(dm0=solver.make_rdm1(coeff, occ))
-            cycles += counter["n"]
+            cycles += _run(solver, solver.make_rdm1(coeff, occ))
             if not solver.converged:
                 break
             try:
