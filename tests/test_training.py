@@ -58,6 +58,35 @@ def test_molecule_rows_are_multiplicity_weighted(tiny_table):
         np.testing.assert_allclose(mol.clean[j], site.clean[i], atol=2e-3)
 
 
+def test_a_site_gets_the_same_rows_whichever_sites_are_broadened_with_it(tiny_table, rows):
+    from napari_corefit.backend import curves
+
+    # evaluation broadens only a split's molecules, and site_spectra works in chunks: neither
+    # may change a site's input (the fine axis is a fixed lattice, not one per chunk)
+    ok = tiny_table.select(np.asarray(tiny_table.sites["ok"], bool))
+
+    def same(a, b, **kw):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, **kw)
+
+    same(curves.site_spectra(ok, chunk=3), curves.site_spectra(ok))
+    # a search window above every E_exc - 4 eV: the broadening axis then starts at each chunk's
+    # lowest E_exc, as it does for real databases whose first transitions lie below 284 eV
+    window = (float(ok.sites["excitation_energy"].max()) + 1.0,) * 2
+    window = (window[0], window[0] + 10.0)
+    same(curves.site_spectra(ok, chunk=3, peak_search_ev=window),
+         curves.site_spectra(ok, peak_search_ev=window))
+    some = np.unique(rows.molecule)[1::3]
+    sub = build_curves(tiny_table, level="site", noise_axis=NoiseModel().axis, molecules=some)
+    ref = rows.in_molecules(some)
+    np.testing.assert_array_equal(sub.row_id, ref.row_id)
+    for name in ("clean", "targets", "absolute", "peak", "reference", "weight"):
+        same(getattr(sub, name), getattr(ref, name), err_msg=name)
+    empty = build_curves(tiny_table, molecules=[], allow_empty=True)
+    assert len(empty) == 0 and empty.clean.shape == (0, SPECTRUM_GRID.n)
+    with pytest.raises(ValueError, match="none of the given molecules"):
+        build_curves(tiny_table, molecules=[])
+
+
 def test_split_never_shares_a_molecule_between_parts(tiny_table, rows):
     s = random_split(tiny_table.molecules["key"], seed=1, fractions=(0.5, 0.25, 0.25))
     parts = [rows.in_molecules(getattr(s, p)) for p in ("train", "val", "test")]

@@ -83,7 +83,9 @@ def site_spectra(table, grid=SPECTRUM_GRID, sigma=BROADENING_EV, peak_params=Non
         sub = table.select(np.isin(np.arange(table.n_sites), idx))
         lo = min(np.nanmin(e_exc[idx]) + _FINE.start, window[0] - 2.0)
         hi = max(np.nanmax(e_exc[idx]) + _FINE.stop, window[1] + grid.stop + 2.0)
-        axis = np.arange(lo, hi, _FINE.step)
+        # on a lattice of whole fine steps from 0 eV, not from this chunk's lowest E_exc: a
+        # site then gets the same samples, peak and input whichever sites share its chunk
+        axis = np.arange(np.floor(lo / _FINE.step), np.ceil(hi / _FINE.step)) * _FINE.step
         y = absolute_site_spectra(sub, axis, sigma)
         peaks = first_peak(axis, y, window, params)
         peaks = np.where(np.isnan(peaks), e_exc[idx], peaks)

@@ -97,7 +97,8 @@ def _group_sum(values, groups, n_groups, weights):
 
 
 def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_GRID,
-                 sigma=BROADENING_EV, noise_axis: EnergyGrid | None = None) -> CurveSet:
+                 sigma=BROADENING_EV, noise_axis: EnergyGrid | None = None,
+                 molecules=None, allow_empty=False) -> CurveSet:
     """Broaden a database's usable sites into model rows.
 
     Parameters
@@ -110,6 +111,11 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
         Gaussian broadening, eV.
     noise_axis : EnergyGrid, optional
         Also keep absolute spectra on this axis (needed to draw noisy inputs).
+    molecules : array of int, optional
+        Broaden only the sites of these molecules (indices into ``table.molecules``); row
+        indices stay those of the whole table.
+    allow_empty : bool
+        Return an empty CurveSet instead of raising when no usable site is selected.
 
     Returns
     -------
@@ -122,6 +128,13 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
     ok = np.asarray(table.sites["ok"], bool)
     if not ok.any():
         raise ValueError("the database has no usable (ok) site")
+    if molecules is not None:
+        ok = ok & np.isin(np.asarray(table.sites["molecule"]),
+                          np.asarray(molecules, dtype=np.int64))
+        if not ok.any():
+            if not allow_empty:
+                raise ValueError("none of the given molecules has a usable (ok) site")
+            return _empty_curves(level, input_grid, output_grid, noise_axis)
     sites = table.select(ok)
     site_ids = np.flatnonzero(ok)
     mol = np.asarray(sites.sites["molecule"], dtype=np.int64)
@@ -149,6 +162,15 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
     # a row whose curves are all zero (no sticks in a window) teaches nothing and breaks metrics
     good = (cs.clean.sum(-1) > 0) & (cs.targets.sum(-1) > 0).all(-1)
     return cs.subset(good)
+
+
+def _empty_curves(level, input_grid, output_grid, noise_axis):
+    z = np.zeros(0)
+    return CurveSet(level, z.astype(np.int64), z.astype(np.int64),
+                    np.zeros((0, 2, output_grid.n), np.float32),
+                    np.zeros((0, input_grid.n), np.float32),
+                    None if noise_axis is None else np.zeros((0, noise_axis.n), np.float32),
+                    z, z, z)
 
 
 def _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigma, noise_axis):

@@ -14,8 +14,8 @@ from napari_corefit.training.metrics import per_curve_scores, summarise
 from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.splits import split_from_dict
 
-__all__ = ["Evaluation", "evaluate_model", "select_rows", "preprocess_config_of",
-           "EVALUATION_SEED"]
+__all__ = ["Evaluation", "evaluate_model", "select_rows", "split_molecules",
+           "preprocess_config_of", "EVALUATION_SEED"]
 
 #: Noisy test inputs are drawn with this seed, so that evaluations are repeatable.
 EVALUATION_SEED = 7
@@ -50,22 +50,31 @@ def preprocess_config_of(config):
     return PreprocessConfig.from_dict(d)
 
 
-def select_rows(cs: CurveSet, table, split, config):
-    """Rows of ``cs`` for a split name: ``all``, ``test``, ``val``, ``train`` (the checkpoint's
-    own split settings recomputed on this database) or ``extrapolation`` (21-26 atoms)."""
+def split_molecules(table, split, config):
+    """Molecule indices (into ``table.molecules``) of a split name, or None for ``all``.
+
+    ``test``, ``val`` and ``train`` recompute the checkpoint's own split settings on this
+    database; ``extrapolation`` is every molecule with 21-26 atoms (H counted).
+    """
     if split == "all":
-        return cs
+        return None
     keys = np.asarray(table.molecules["key"]).astype(str)
     n_atoms = np.asarray(table.molecules["n_atoms"])
     if split == "extrapolation":
-        return cs.subset((n_atoms[cs.molecule] >= 21) & (n_atoms[cs.molecule] <= 26))
+        return np.flatnonzero((n_atoms >= 21) & (n_atoms <= 26))
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; use all, test, val, train or extrapolation")
     settings = config.get("split")
     if not settings:
         raise ValueError("this model records no split settings; use --split all")
-    s = split_from_dict(settings, keys, n_atoms)
-    return cs.in_molecules(getattr(s, split))
+    return np.asarray(getattr(split_from_dict(settings, keys, n_atoms), split))
+
+
+def select_rows(cs: CurveSet, table, split, config):
+    """Rows of ``cs`` for a split name: ``all``, ``test``, ``val``, ``train`` (the checkpoint's
+    own split settings recomputed on this database) or ``extrapolation`` (21-26 atoms)."""
+    molecules = split_molecules(table, split, config)
+    return cs if molecules is None else cs.in_molecules(molecules)
 
 
 def evaluate_model(loaded, table, split="test", level=None, noise=None, device=None,
@@ -106,11 +115,16 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
     out_grid = EnergyGrid.from_dict(cfg["output_grid"])
     sigma = float(cfg.get("broadening_ev", 0.5))
     pp = preprocess_config_of(cfg)
+    molecules = split_molecules(table, split, cfg)
     if rows is None:
         need_absolute = noise.noisy or (pp is not None and pp.savgol_window_ev is not None)
+        # broaden only the split's molecules: a test split is a tenth of the database, and a
+        # model card evaluates dozens of models on it
         rows = build_curves(table, level=level, input_grid=in_grid, output_grid=out_grid,
-                            sigma=sigma, noise_axis=noise.axis if need_absolute else None)
-    rows = select_rows(rows, table, split, cfg)
+                            sigma=sigma, noise_axis=noise.axis if need_absolute else None,
+                            molecules=molecules, allow_empty=True)
+    if molecules is not None:
+        rows = rows.in_molecules(molecules)
     if len(rows) == 0:
         raise ValueError(f"no {level}-level rows in split {split!r} of this database")
     x, usable = make_inputs(rows, noise, pp, np.random.default_rng(seed), input_grid=in_grid)
