@@ -237,7 +237,8 @@ def test_corefit_train_and_evaluate(tiny_db, tiny_table, tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
-def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_path):
+def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_path,
+                                                       monkeypatch):
     from napari_corefit.training.evaluate import evaluate_model
     from napari_corefit.training.report import write_model_card
     from napari_corefit.training.train import train_model
@@ -263,6 +264,29 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     assert f"| default model | {s_all['n_sites']} | {s_all['n_molecules']} |" in beyond
     for png in ("model_examples_site.png", "model_training_curves.png", "model_calibration.png"):
         assert (tmp_path / "doc" / "images" / png).stat().st_size > 10_000
+    # the card's evaluations broaden a split's rows once (with the noise axis, which noise-free
+    # evaluations reuse) and score exactly as fresh rows do
+    from napari_corefit.training import evaluate as evaluate_module
+
+    built = []
+    real_build = evaluate_module.build_curves
+
+    def counting_build(*args, **kwargs):
+        built.append(kwargs.get("noise_axis"))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "build_curves", counting_build)
+    noisy = NoiseModel(1e3)
+    with evaluate_module.reuse_rows():
+        a = evaluate_model(m, tiny_table, split="test", noise=noisy).summary
+        b = evaluate_model(m, tiny_table, split="test").summary
+        c = evaluate_model(m, tiny_table, split="test", noise=noisy).summary
+        evaluate_model(m, tiny_table, split="all")
+    assert built == [noisy.axis, None]
+    fresh = evaluate_model(m, tiny_table, split="test", noise=noisy).summary
+    assert len(built) == 3  # the cache ends with its block
+    as_text = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731  (NaN-safe equality)
+    assert as_text(a) == as_text(c) == as_text(fresh) and as_text(b) == as_text(s)
 
 
 def test_size_groups_pool_small_sizes_and_partition_the_rows():

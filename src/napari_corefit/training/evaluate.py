@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.splits import split_from_dict
 
 __all__ = ["Evaluation", "evaluate_model", "select_rows", "split_molecules",
-           "preprocess_config_of", "EVALUATION_SEED"]
+           "preprocess_config_of", "reuse_rows", "EVALUATION_SEED"]
 
 #: Noisy test inputs are drawn with this seed, so that evaluations are repeatable.
 EVALUATION_SEED = 7
@@ -77,6 +78,51 @@ def select_rows(cs: CurveSet, table, split, config):
     return cs if molecules is None else cs.in_molecules(molecules)
 
 
+#: rows built by evaluate_model inside :func:`reuse_rows` (None outside it)
+_ROWS_CACHE: dict | None = None
+
+
+@contextmanager
+def reuse_rows():
+    """Within this block, evaluations of the same rows broaden them once.
+
+    A model card scores some forty checkpoints on one test split; they share grids, broadening
+    and split, so the rows (and the noise axis' absolute spectra) are built once and reused.
+    Rows are keyed by table identity, level, grids, broadening and molecules; the cache is
+    dropped when the block ends.
+    """
+    global _ROWS_CACHE
+    outer, _ROWS_CACHE = _ROWS_CACHE, ({} if _ROWS_CACHE is None else _ROWS_CACHE)
+    try:
+        yield
+    finally:
+        _ROWS_CACHE = outer
+
+
+def _cached_rows(table, level, in_grid, out_grid, sigma, noise_axis, molecules):
+    def build():
+        return build_curves(table, level=level, input_grid=in_grid, output_grid=out_grid,
+                            sigma=sigma, noise_axis=noise_axis, molecules=molecules,
+                            allow_empty=True)
+
+    if _ROWS_CACHE is None:
+        return build()
+    mol_key = None if molecules is None else np.asarray(molecules, np.int64).tobytes()
+    key = (id(table), level, in_grid, out_grid, sigma, mol_key)
+    if noise_axis is not None:
+        axes = [noise_axis]
+    else:  # rows that also hold absolute spectra serve a noise-free request as well
+        axes = [None] + [k[-1] for k in _ROWS_CACHE if k[:-1] == key and k[-1] is not None]
+    for axis in axes:
+        table_then, rows = _ROWS_CACHE.get((*key, axis), (None, None))
+        if table_then is table:
+            return rows
+    rows = build()
+    # the table is kept beside its rows, so that its id cannot pass to another table
+    _ROWS_CACHE[(*key, noise_axis)] = (table, rows)
+    return rows
+
+
 def evaluate_model(loaded, table, split="test", level=None, noise=None, device=None,
                    seed=EVALUATION_SEED, rows: CurveSet | None = None,
                    raw_sigma=False) -> Evaluation:
@@ -120,9 +166,8 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
         need_absolute = noise.noisy or (pp is not None and pp.savgol_window_ev is not None)
         # broaden only the split's molecules: a test split is a tenth of the database, and a
         # model card evaluates dozens of models on it
-        rows = build_curves(table, level=level, input_grid=in_grid, output_grid=out_grid,
-                            sigma=sigma, noise_axis=noise.axis if need_absolute else None,
-                            molecules=molecules, allow_empty=True)
+        rows = _cached_rows(table, level, in_grid, out_grid, sigma,
+                            noise.axis if need_absolute else None, molecules)
     if molecules is not None:
         rows = rows.in_molecules(molecules)
     if len(rows) == 0:
