@@ -8,7 +8,8 @@
 # reuses every model (and every ensemble member) already finished there. To continue a run that
 # was stopped, start it again with the commit it began at:
 #   RETRAIN_COMMIT=<short hash> bash scripts/retrain.sh [extra study options]
-# About 90 minutes on 2 cores for 18 k sites with the 256-wide network; the 512-wide one
+# About 90 minutes on 2 cores for 18 k sites with the 256-wide network (of which the model
+# card's ~40 evaluations take about 3 CPU-minutes since 2026-11-26, 30 before); the 512-wide one
 # (wide_two_head_mlp) trains about 3x longer per member (renice a running database build to 19).
 # Training arithmetic bfloat16 (float32 weights; about 2x faster per epoch on CPUs with AVX-512
 # BF16, same validation MSE within the seed spread: docs/model_experiments.md).
