@@ -93,6 +93,17 @@ def test_forget_then_build_computes_those_molecules_again(tmp_path):
     assert out.returncode == 0 and "forgot 1 molecules" in out.stderr
     mid = load_database(db)
     assert "qm9:000004" not in set(mid.molecules["key"]) and mid.n_molecules == 5
+    # build --skip-held-by: what another database holds is left out of the selection (here
+    # acetylene, QM9 #4, of #4-#5), so a build can take new molecules before recomputing those
+    fresh = tmp_path / "fresh"
+    skip = ("db", "build", "--source", "qm9", "--ids", "4-5", "-o", str(fresh), "--workers",
+            "1", "--quiet", "--skip-held-by")
+    out = _corefit(*skip, str(other))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 of 2 selected molecules are held by" in out.stderr
+    assert set(load_database(fresh).molecules["key"]) == {"qm9:000005"}
+    out = _corefit(*skip, str(tmp_path / "nowhere"))
+    assert out.returncode != 0 and "no database at" in out.stderr
     kept = [k for k in before.molecules["key"] if k != "qm9:000004"]
     for key in kept:
         i, j = (list(t.molecules["key"]).index(key) for t in (before, mid))

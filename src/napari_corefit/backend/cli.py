@@ -34,6 +34,10 @@ def add_parser(sub):
     b.add_argument("--sample", type=int, help="random sample of this many molecules")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--limit", type=int, help="at most this many molecules")
+    b.add_argument("--skip-held-by", type=Path, action="append", default=[], metavar="OTHER_DB",
+                   help="leave out the molecules that the finished shards of OTHER_DB hold "
+                        "(e.g. new molecules before those an older recipe has computed); "
+                        "may be given more than once")
     b.add_argument("-o", "--output", type=Path, required=True, help="database directory")
     b.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     b.add_argument("--threads", type=int, help="threads per worker")
@@ -140,6 +144,18 @@ def _build(args):
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     mols = _molecules(args)
+    if args.skip_held_by:
+        from napari_corefit.backend.storage import finished_keys
+
+        held = set()
+        for other in args.skip_held_by:
+            if not other.is_dir():
+                raise SystemExit(f"corefit db build: no database at {other}")
+            held |= finished_keys(other)
+        n_selected = len(mols)
+        mols = [m for m in mols if m.key not in held]
+        print(f"corefit db build: {n_selected - len(mols)} of {n_selected} selected molecules "
+              f"are held by {', '.join(map(str, args.skip_held_by))}: left out", file=sys.stderr)
     print(f"corefit db build: {len(mols)} molecules, "
           f"{sum(len(m.carbons) for m in mols)} carbons -> {args.output}", file=sys.stderr)
     stats = build_database(mols, args.output, recipe, workers=args.workers,
