@@ -1,5 +1,6 @@
 """Training and evaluation on a tiny database computed by the real backend (``tiny_db``)."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -287,6 +288,32 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     assert len(built) == 3  # the cache ends with its block
     as_text = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731  (NaN-safe equality)
     assert as_text(a) == as_text(c) == as_text(fresh) and as_text(b) == as_text(s)
+
+
+def test_card_splits_test_metrics_by_recipe_when_the_database_mixes_them(tiny_db, tiny_table,
+                                                                       tmp_path):
+    from napari_corefit.training.evaluate import evaluate_model
+    from napari_corefit.training.report import size_section
+    from napari_corefit.training.train import train_model
+
+    trained = train_model(tiny_db, tmp_path / "m", n_members=1, table=tiny_table,
+                          progress=False, settings=TrainSettings(epochs=2, device="cpu"))
+    ev = evaluate_model(trained, tiny_table, split="all")
+    one = "\n".join(size_section(trained, tiny_table, ev))
+    assert "by the recipe" not in one  # one recipe: no such table
+    # the first molecule as if a newer recipe had computed it
+    versions = np.full(tiny_table.n_molecules, 3)
+    versions[0] = 4
+    mixed = copy.copy(tiny_table)
+    mixed.molecules = dict(tiny_table.molecules, recipe_version=versions)
+    text = "\n".join(size_section(trained, mixed, ev))
+    table = text[text.index("by the recipe"):]
+    first = ev.rows.molecule == 0
+    cos = lambda mask: " / ".join(f"{np.nanmedian(ev.scores['cosine'][mask][:, j]):.3f}"  # noqa
+                                  for j in range(2))
+    assert f"| 4 | {int(first.sum())} | 1 | {cos(first)} |" in table
+    n_rest = np.unique(ev.rows.molecule[~first]).size
+    assert f"| 3 | {int((~first).sum())} | {n_rest} | {cos(~first)} |" in table
 
 
 def test_size_groups_pool_small_sizes_and_partition_the_rows():

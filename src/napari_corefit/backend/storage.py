@@ -556,12 +556,15 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
         warnings.warn(f"{path}: shards were made with {len(set(recipes))} different recipes")
     recipe = json.loads(recipes[0]) if recipes else {}
     molecules = {k: [] for k in ("key", "name", "source", "smiles", "geometry", "status",
-                                 "seconds", "fermi_ev", "n_atoms", "n_heavy")}
+                                 "seconds", "fermi_ev", "n_atoms", "n_heavy", "recipe_version")}
     symbols, coords, sites = [], [], {}
     spec_e, spec_x, dos = [], [], {k: [] for k in ("dos_energy", "dos_s", "dos_p", "dos_occ")}
     spec_counts, dos_counts = [], []
     n_mol = 0
-    for (mol, fresh), s in zip(mol_parts, site_parts):
+    for (mol, fresh), s, part_recipe in zip(mol_parts, site_parts, recipes):
+        # which recipe computed each molecule: a database may mix recipes while a newer one is
+        # built (the newest copy of a molecule wins), and metrics are worth splitting by it
+        version = int(json.loads(part_recipe).get("version", -1)) if part_recipe else -1
         new_index = np.cumsum(fresh) - 1 + n_mol
         off = mol["atom_offsets"]
         for i in np.flatnonzero(fresh):
@@ -573,6 +576,7 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
             coords.append(mol["coords"][off[i]:off[i + 1]])
             molecules["n_atoms"].append(sym.size)
             molecules["n_heavy"].append(int((sym != b"H").sum()))
+            molecules["recipe_version"].append(version)
         keep = fresh[s["molecule"]]
         idx = np.flatnonzero(keep)
         for k, v in s.items():

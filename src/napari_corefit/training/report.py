@@ -359,15 +359,38 @@ def size_section(m, table, ev_test, previous=None, previous_label="previous mode
                 "molecules is among them: split membership is a hash of the molecule key)"
                 if len(scored) > 1 else "") + ".", "",
              head, "|" + "---|" * (3 + len(scored))]
-    for label, mask in size_groups(heavy) + [("all", np.ones(heavy.size, bool))]:
+
+    def row(label, mask):
         cells = []
         for _, ev in scored:
             cos = ev.scores["cosine"][mask]
             cells.append(" / ".join(f"{np.nanmedian(cos[:, j]):.3f}"
                                     for j in range(len(CHANNELS))))
         n_mol = np.unique(ev_test.rows.molecule[mask]).size
-        lines.append(f"| {label} | {int(mask.sum())} | {n_mol} | " + " | ".join(cells) + " |")
-    return lines + [""]
+        return f"| {label} | {int(mask.sum())} | {n_mol} | " + " | ".join(cells) + " |"
+
+    lines += [row(label, mask) for label, mask in
+              size_groups(heavy) + [("all", np.ones(heavy.size, bool))]]
+    lines.append("")
+    versions = _recipe_versions(table, ev_test)
+    if np.unique(versions).size > 1:
+        # while a newer recipe is being built the test split mixes the recipes' spectra; the
+        # newer ones are what the model will meet from now on
+        lines += ["Test sites by the recipe that computed their molecule (the database holds "
+                  "each molecule once, with the newest recipe that has computed it):", "",
+                  head.replace("heavy atoms", "recipe"), "|" + "---|" * (3 + len(scored))]
+        lines += [row(f"{v}" if v >= 0 else "unknown", versions == v)
+                  for v in sorted(np.unique(versions), reverse=True)]
+        lines.append("")
+    return lines
+
+
+def _recipe_versions(table, ev):
+    """Recipe version of each evaluated row's molecule (-1 where the table does not say)."""
+    versions = table.molecules.get("recipe_version")
+    if versions is None:
+        return np.full(ev.rows.molecule.size, -1)
+    return np.asarray(versions)[ev.rows.molecule]
 
 
 def learning_curve(models, table) -> list:
