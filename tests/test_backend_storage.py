@@ -263,27 +263,6 @@ def test_format1_part_still_loads(tmp_path):
     assert len(finished_keys(db)) == 8
 
 
-def test_each_molecule_carries_the_recipe_version_of_its_part(tmp_path):
-    # a database mixing recipes while a newer one is built: metrics are split by recipe
-    from napari_corefit.backend.storage import read_records, write_shard
-
-    table = load_database(FORMAT1)
-    assert table.recipe["version"] == 2
-    assert table.molecules["recipe_version"].tolist() == [2] * table.n_molecules
-    db = tmp_path / "db"
-    db.mkdir()
-    (db / "qm9-000000-000999.p000.h5").write_bytes(FORMAT1.read_bytes())
-    _, arrays = read_records(FORMAT1)[0]
-    key = arrays["meta"]["key"].replace(":000", ":900")
-    write_shard(db, "qm9-000000-000999", [(key, dict(arrays, meta=dict(arrays["meta"], key=key)))],
-                dict(table.recipe, version=3))
-    with pytest.warns(UserWarning, match="2 different recipes"):
-        both = load_database(db)
-    versions = dict(zip(both.molecules["key"], both.molecules["recipe_version"]))
-    assert versions.pop(key) == 3 and set(versions.values()) == {2}
-    assert both.select(both.sites["molecule"] == 0).molecules["recipe_version"].size == 8
-
-
 FORMAT2 = Path(__file__).parent / "data" / "shard_format2.h5"  # data/db's qm9-001000-001999.p002
 
 

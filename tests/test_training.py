@@ -1,6 +1,5 @@
 """Training and evaluation on a tiny database computed by the real backend (``tiny_db``)."""
 
-import copy
 import json
 from pathlib import Path
 
@@ -290,32 +289,6 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     assert as_text(a) == as_text(c) == as_text(fresh) and as_text(b) == as_text(s)
 
 
-def test_card_splits_test_metrics_by_recipe_when_the_database_mixes_them(tiny_db, tiny_table,
-                                                                       tmp_path):
-    from napari_corefit.training.evaluate import evaluate_model
-    from napari_corefit.training.report import size_section
-    from napari_corefit.training.train import train_model
-
-    trained = train_model(tiny_db, tmp_path / "m", n_members=1, table=tiny_table,
-                          progress=False, settings=TrainSettings(epochs=2, device="cpu"))
-    ev = evaluate_model(trained, tiny_table, split="all")
-    one = "\n".join(size_section(trained, tiny_table, ev))
-    assert "by the recipe" not in one  # one recipe: no such table
-    # the first molecule as if a newer recipe had computed it
-    versions = np.full(tiny_table.n_molecules, 3)
-    versions[0] = 4
-    mixed = copy.copy(tiny_table)
-    mixed.molecules = dict(tiny_table.molecules, recipe_version=versions)
-    text = "\n".join(size_section(trained, mixed, ev))
-    table = text[text.index("by the recipe"):]
-    first = ev.rows.molecule == 0
-    cos = lambda mask: " / ".join(f"{np.nanmedian(ev.scores['cosine'][mask][:, j]):.3f}"  # noqa
-                                  for j in range(2))
-    assert f"| 4 | {int(first.sum())} | 1 | {cos(first)} |" in table
-    n_rest = np.unique(ev.rows.molecule[~first]).size
-    assert f"| 3 | {int((~first).sum())} | {n_rest} | {cos(~first)} |" in table
-
-
 def test_size_groups_pool_small_sizes_and_partition_the_rows():
     from napari_corefit.training.report import size_groups
 
@@ -473,7 +446,28 @@ def test_a_database_of_two_recipes_is_trained_on_and_says_so(tiny_db, tmp_path):
                     settings=TrainSettings(epochs=2, device="cpu"))
     got = {c["recipe"]["version"]: c["n_sites"] for c in m.config["recipes"]}
     assert got == counts
+    # each molecule carries its part's recipe, and the card splits the test metrics by it
+    from napari_corefit.backend import load_database
+    from napari_corefit.training.evaluate import evaluate_model
+    from napari_corefit.training.report import size_section
+
+    with pytest.warns(UserWarning, match="2 different recipes"):
+        table = load_database(mixed)
+    old_keys = {k for k, _ in read_records(parts[0])}
+    versions = table.molecules["recipe_version"]
+    assert all((v == 2) == (k in old_keys) for k, v in zip(table.molecules["key"], versions))
+    ev = evaluate_model(m, table, split="all")
+    text = "\n".join(size_section(m, table, ev))
+    by_recipe = text[text.index("by the recipe"):]
+    for v in (3, 2):
+        mask = versions[ev.rows.molecule] == v
+        cos = " / ".join(f"{np.nanmedian(ev.scores['cosine'][mask][:, j]):.3f}" for j in (0, 1))
+        n_mol = np.unique(ev.rows.molecule[mask]).size
+        assert f"| {v} | {int(mask.sum())} | {n_mol} | {cos} |" in by_recipe
     # one recipe: no such entry
     one = train_model(tiny_db, tmp_path / "one", n_members=1, progress=False,
                       settings=TrainSettings(epochs=2, device="cpu"))
     assert "recipes" not in one.config
+    single = load_database(tiny_db)
+    assert "by the recipe" not in "\n".join(
+        size_section(one, single, evaluate_model(one, single, split="all")))

@@ -563,7 +563,7 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
     n_mol = 0
     for (mol, fresh), s, part_recipe in zip(mol_parts, site_parts, recipes):
         # which recipe computed each molecule: a database may mix recipes while a newer one is
-        # built (the newest copy of a molecule wins), and metrics are worth splitting by it
+        # built (each molecule once: `corefit db forget --in`), and metrics are split by it
         version = int(json.loads(part_recipe).get("version", -1)) if part_recipe else -1
         new_index = np.cumsum(fresh) - 1 + n_mol
         off = mol["atom_offsets"]

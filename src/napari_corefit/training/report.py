@@ -372,7 +372,7 @@ def size_section(m, table, ev_test, previous=None, previous_label="previous mode
     lines += [row(label, mask) for label, mask in
               size_groups(heavy) + [("all", np.ones(heavy.size, bool))]]
     lines.append("")
-    versions = _recipe_versions(table, ev_test)
+    versions = np.asarray(table.molecules["recipe_version"])[ev_test.rows.molecule]
     if np.unique(versions).size > 1:
         # while a newer recipe is being built the test split mixes the recipes' spectra; the
         # newer ones are what the model will meet from now on
@@ -383,14 +383,6 @@ def size_section(m, table, ev_test, previous=None, previous_label="previous mode
                   for v in sorted(np.unique(versions), reverse=True)]
         lines.append("")
     return lines
-
-
-def _recipe_versions(table, ev):
-    """Recipe version of each evaluated row's molecule (-1 where the table does not say)."""
-    versions = table.molecules.get("recipe_version")
-    if versions is None:
-        return np.full(ev.rows.molecule.size, -1)
-    return np.asarray(versions)[ev.rows.molecule]
 
 
 def learning_curve(models, table) -> list:
