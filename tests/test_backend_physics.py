@@ -66,7 +66,7 @@ def test_spectrum_sticks_above_first_transition(tiny_table):
         assert e.size > 0
         assert e[0] == 0.0  # the first transition defines E_exc
         assert (e >= -0.01).all()
-    assert (ok.spec_xyz >= 0).all()
+    assert (ok.spec_intensity >= 0).all()
     e_exc = ok.sites["excitation_energy"]
     assert ((e_exc > 283) & (e_exc < 295)).all()
 

@@ -192,7 +192,9 @@ def test_flush_while_a_build_runs_loses_nothing(tmp_path):
 # tests/data/shard_format1.h5: 7 molecules (27 sites, SCF stages diis, levelshift and newton) of
 # data/db/qm9-000000-000999.p005.h5, written by the format-1 writer before format 2 replaced it.
 FORMAT1 = Path(__file__).parent / "data" / "shard_format1.h5"
-P005 = Path(__file__).parents[1] / "data" / "db" / "qm9-000000-000999.p005.h5"
+# tests/data/shard_format3.h5: data/db/qm9-000000-000999.p005.h5 (308 sites) as format 3 wrote
+# it, before `corefit db upgrade` rewrote data/db in format 4
+FORMAT3 = Path(__file__).parent / "data" / "shard_format3.h5"
 
 
 def _rewrite(src, db_dir):
@@ -220,15 +222,19 @@ def _assert_same_records(a, b):
 def test_current_format_round_trip_is_exact(tmp_path):
     from napari_corefit.backend.storage import FORMAT_VERSION, read_records
 
-    records, part = _rewrite(FORMAT1, tmp_path)
-    with h5py.File(part, "r") as f:
-        assert f.attrs["format_version"] == FORMAT_VERSION == 3
-    _assert_same_records(records, read_records(part))
+    _, part = _rewrite(FORMAT1, tmp_path / "a")  # format 1 -> 4
+    records, again = _rewrite(part, tmp_path / "b")  # format 4 -> 4: bit for bit
+    with h5py.File(again, "r") as f:
+        assert f.attrs["format_version"] == FORMAT_VERSION == 4
+    _assert_same_records(records, read_records(again))
     old, new = load_database(FORMAT1), load_database(part)
     assert old.recipe == new.recipe
-    for name in ("spec_offsets", "spec_energy", "spec_xyz", "dos_offsets", "dos_energy",
+    for name in ("spec_offsets", "spec_energy", "dos_offsets", "dos_energy",
                  "dos_s", "dos_p", "dos_occupation"):
         assert np.array_equal(getattr(old, name), getattr(new, name)), name
+    # the x, y, z parts of format 1-3 became their mean in float16: half a float16 step at most
+    assert new.spec_intensity.dtype == np.float32 and new.spec_intensity.ndim == 1
+    np.testing.assert_allclose(new.spec_intensity, old.spec_intensity, rtol=2 ** -11, atol=0)
     for k, v in old.molecules.items():
         assert np.array_equal(v, new.molecules[k]), k
     for k, v in old.sites.items():
@@ -247,7 +253,7 @@ def test_format1_part_still_loads(tmp_path):
     assert (table.n_molecules, table.n_sites) == (7, 27)
     assert set(table.sites["stage"]) == {"diis", "levelshift", "newton"}
     assert table.sites["ok"].all() and table.recipe["basis"] == "6-31G*"
-    assert np.all(np.diff(table.spec_offsets) > 0) and table.spec_xyz.shape[1] == 3
+    assert np.all(np.diff(table.spec_offsets) > 0) and (table.spec_intensity > 0).all()
     # a database mixing both formats: one recipe (string attributes compare equal), no loss
     db = tmp_path / "db"
     db.mkdir()
@@ -285,13 +291,49 @@ def test_format2_part_loads_beside_format3_without_its_d_weights(tmp_path):
     part = write_shard(db, "qm9-001000-001999",
                        [(key, dict(arrays, meta=dict(arrays["meta"], key=key)))], table.recipe)
     with h5py.File(part, "r") as f:
-        assert f.attrs["format_version"] == 3 and "dos_d" not in f["dos"].dtype.names
+        assert f.attrs["format_version"] == 4 and "dos_d" not in f["dos"].dtype.names
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         both = load_database(db)
     assert both.n_sites == 10
     half = both.dos_offsets[5]
     assert np.array_equal(both.dos_s[:half], both.dos_s[half:])
+
+
+def test_upgrade_rewrites_older_parts_smaller_and_only_once(tmp_path):
+    from napari_corefit.backend.storage import FORMAT_VERSION, upgrade_shards
+    from napari_corefit.cli import main
+
+    db = tmp_path / "db"
+    db.mkdir()
+    for i, src in enumerate((FORMAT1, FORMAT2, FORMAT3)):
+        (db / f"qm9-00{i}000-00{i}999.p000.h5").write_bytes(src.read_bytes())
+    before = load_database(db)
+    size3 = (db / "qm9-002000-002999.p000.h5").stat().st_size
+    assert main(["db", "upgrade", str(db)]) == 0
+    parts = sorted(db.glob("*.h5"))
+    assert len(parts) == 3 and "qm9-002000-002999.p000.h5" not in [p.name for p in parts]
+    for p in parts:
+        with h5py.File(p, "r") as f:
+            assert f.attrs["format_version"] == FORMAT_VERSION
+            assert f["spec"].dtype.names == ("spec_energy", "spec_weight")
+    after = load_database(db)  # the rewritten parts have new names: molecules in another order
+
+    def sticks_by_key(t):
+        off, dof, mol = t.spec_offsets, t.dos_offsets, t.sites["molecule"]
+        return {key: [(t.spec_energy[off[i]:off[i + 1]], t.spec_intensity[off[i]:off[i + 1]],
+                       t.dos_s[dof[i]:dof[i + 1]]) for i in np.flatnonzero(mol == m)]
+                for m, key in enumerate(t.molecules["key"])}
+
+    old, new = sticks_by_key(before), sticks_by_key(after)
+    assert old.keys() == new.keys() and after.n_sites == before.n_sites
+    for key in old:
+        for (e0, w0, s0), (e1, w1, s1) in zip(old[key], new[key], strict=True):
+            assert np.array_equal(e0, e1) and np.array_equal(s0, s1), key
+            np.testing.assert_allclose(w1, w0, rtol=2 ** -11, atol=0, err_msg=key)
+    # one weight per stick instead of three parts: the 308-site part loses a quarter
+    assert parts[2].stat().st_size < 0.8 * size3
+    assert upgrade_shards(db) == [] and sorted(db.glob("*.h5")) == parts
 
 
 def test_stored_dos_weights_keep_seven_significand_bits():
@@ -323,12 +365,11 @@ def test_shard_bytes_per_site(tmp_path):
     (tmp_path / "b").mkdir()
     empty = write_shard(tmp_path / "b", "empty", [], {})
     n = load_database(part).n_sites
-    assert (part.stat().st_size - empty.stat().st_size) / n < 450
-    if not P005.exists():
-        pytest.skip(f"{P005} not here (the committed database)")
-    # a real 308-site part, file overhead included: 701 bytes per site in format 1
-    _, part = _rewrite(P005, tmp_path / "c")
-    assert part.stat().st_size / load_database(part).n_sites < 500
+    assert (part.stat().st_size - empty.stat().st_size) / n < 350
+    # a real 308-site part, file overhead included: 701 bytes per site in format 1, 470 in
+    # format 2, ~400 in format 3
+    _, part = _rewrite(FORMAT3, tmp_path / "c")
+    assert part.stat().st_size / load_database(part).n_sites < 320
 
 
 def test_timeout_counts_cpu_time_not_wall_time(monkeypatch):

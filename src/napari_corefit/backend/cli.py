@@ -76,6 +76,11 @@ def add_parser(sub):
     g.add_argument("--dry-run", action="store_true", help="only list what would be forgotten")
     g.set_defaults(func=_forget)
 
+    u = dbsub.add_parser("upgrade", help="rewrite the finished shard parts of older formats in "
+                         "the current one (restart running builds first)")
+    u.add_argument("db", type=Path)
+    u.set_defaults(func=_upgrade)
+
     m = dbsub.add_parser("merge", help="copy the shards of several databases into one")
     m.add_argument("sources", type=Path, nargs="+")
     m.add_argument("-o", "--output", type=Path, required=True)
@@ -271,6 +276,19 @@ def _forget(args):
         return 0
     keys, parts = forget_molecules(args.db, select)
     print(f"forgot {len(keys)} molecules; rewrote {len(parts)} shard parts", file=sys.stderr)
+    return 0
+
+
+def _upgrade(args):
+    from napari_corefit.backend.storage import FORMAT_VERSION, upgrade_shards
+
+    if not args.db.is_dir():
+        raise SystemExit(f"corefit db upgrade: no database at {args.db}")
+    before = sum(p.stat().st_size for p in args.db.glob("*.h5"))
+    parts = upgrade_shards(args.db)
+    after = sum(p.stat().st_size for p in args.db.glob("*.h5"))
+    print(f"rewrote {len(parts)} shard parts in format {FORMAT_VERSION}: "
+          f"{before / 1e6:.2f} -> {after / 1e6:.2f} MB", file=sys.stderr)
     return 0
 
 

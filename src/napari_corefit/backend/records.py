@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 __all__ = ["record_to_arrays", "arrays_to_bytes", "bytes_to_arrays", "round_significand",
-           "SITE_FIELDS"]
+           "spec_weight", "SITE_FIELDS"]
 
 # per-site scalar fields and their stored dtypes
 SITE_FIELDS = {
@@ -33,12 +33,26 @@ def _trim_spectrum(core, recipe):
     e = np.asarray(core.spec_energy, dtype=np.float64)
     xyz = np.asarray(core.spec_xyz, dtype=np.float64).reshape(-1, 3)
     if e.size == 0:
-        return np.zeros(0, np.float16), np.zeros((0, 3), np.float16)
+        return np.zeros(0, np.float16), np.zeros(0, np.float16)
     lo, hi = recipe.spectrum_window_ev
+    # orientation-averaged (SPEC 1.3): the x, y, z parts are not stored since format 4
     inten = xyz.mean(axis=1)
     keep = (e >= lo) & (e <= hi) & (inten >= recipe.min_spectrum_fraction * inten.max())
     keep[0] = True  # the first transition is kept even when it is dark: it defines E_exc
-    return e[keep].astype(np.float16), xyz[keep].astype(np.float16)
+    return e[keep].astype(np.float16), spec_weight({"spec_xyz": xyz[keep]})
+
+
+def spec_weight(arrays) -> np.ndarray:
+    """The stored spectrum stick weights of a record, from either layout.
+
+    Records from journals and shard parts written before format 4 carry the x, y, z parts
+    (``spec_xyz``, atomic units); their mean, in units of ``1 / SPEC_WEIGHT_SCALE`` and rounded
+    as format 4 stores it, is the weight.
+    """
+    if "spec_weight" in arrays:
+        return round_significand(arrays["spec_weight"], SPEC_WEIGHT_BITS)  # idempotent
+    weight = np.asarray(arrays["spec_xyz"], np.float64).reshape(-1, 3).mean(axis=1)
+    return round_significand(weight * SPEC_WEIGHT_SCALE, SPEC_WEIGHT_BITS)
 
 
 def round_significand(values, bits):
@@ -63,6 +77,13 @@ def round_significand(values, bits):
 
 #: significand bits kept of the stored DOS weights (targets: 0.35 % of a curve's maximum at most)
 DOS_WEIGHT_BITS = 7
+#: significand bits kept of the stored spectrum stick weights (format 4): all of float16's.
+#: 7 bits would save another 4 % of a part, but the first-peak alignment of near-degenerate
+#: spectra is sensitive to the weights (docs/backend.md, format 3)
+SPEC_WEIGHT_BITS = 10
+#: format 4 stores spectrum weights in units of 1e-3 a.u.: the dipole weights (1e-6 ... 2e-3 a.u.)
+#: then sit in float16's normal range (above 6.1e-5), where every weight keeps 0.05 %
+SPEC_WEIGHT_SCALE = 1e3
 
 
 def _trim_dos(dos, recipe):
@@ -111,13 +132,13 @@ def record_to_arrays(rec, recipe) -> dict:
         if s.status == "ok":
             e, x = _trim_spectrum(s.core, recipe)
         else:
-            e, x = np.zeros(0, np.float16), np.zeros((0, 3), np.float16)
+            e, x = np.zeros(0, np.float16), np.zeros(0, np.float16)
         spec_e.append(e), spec_x.append(x), spec_n.append(e.size)
         d = _trim_dos(s.dos, recipe)
         dos_parts.append(d), dos_n.append(d["dos_energy"].size)
     out["spec_count"] = np.array(spec_n, dtype=np.int32)
     out["spec_energy"] = np.concatenate(spec_e) if spec_e else np.zeros(0, np.float16)
-    out["spec_xyz"] = np.concatenate(spec_x) if spec_x else np.zeros((0, 3), np.float16)
+    out["spec_weight"] = np.concatenate(spec_x) if spec_x else np.zeros(0, np.float16)
     out["dos_count"] = np.array(dos_n, dtype=np.int32)
     for k in ("dos_energy", "dos_occ", "dos_s", "dos_p"):
         dt = np.uint8 if k == "dos_occ" else np.float16

@@ -29,13 +29,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from napari_corefit.backend.records import SITE_FIELDS, arrays_to_bytes, bytes_to_arrays
+from napari_corefit.backend.records import (SITE_FIELDS, SPEC_WEIGHT_SCALE, arrays_to_bytes,
+                                            bytes_to_arrays, spec_weight)
 
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
-           "forget_molecules", "recipe_site_counts",
+           "forget_molecules", "upgrade_shards", "recipe_site_counts",
            "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 QM9_BLOCK = 1000
 HASH_BUCKETS = 16
 
@@ -118,7 +119,9 @@ def _shard_parts(db_dir, key):
 # Format 2: five compound tables and one JSON document per part (format 1, read still, had ~40
 # datasets and variable-length strings: 701 bytes per site on a 308-site part, 470 in format 2;
 # see docs/backend.md). Format 3 (2026-11-24): the same tables without the DOS d weights, and
-# s, p weights with 7 significand bits (records.py). Why this layout:
+# s, p weights with 7 significand bits (records.py). Format 4 (2026-11-26): one spectrum weight
+# per stick, the orientation average with 7 significand bits, instead of its x, y, z parts (the
+# only thing ever read; 54 % of a format-3 part's bytes were spectrum sticks). Why this layout:
 # - a compound dataset behind the shuffle filter is split into byte planes per field, so its
 #   columns compress as well as separate datasets would, without ~300 bytes of headers each;
 # - one chunk per table (up to 1 MiB): small chunks compress worse and need an index;
@@ -129,7 +132,7 @@ def _shard_parts(db_dir, key):
 _CHUNK_BYTES = 1 << 20
 _MOL_TEXT = ("key", "name", "source", "smiles", "geometry", "status")
 _SITE_TEXT = ("site_status", "site_stage", "equivalent")
-_STICKS = {"spec": {"spec_energy": np.float16, "spec_xyz": np.float16},
+_STICKS = {"spec": {"spec_energy": np.float16, "spec_weight": np.float16},
            "dos": {"dos_energy": np.float16, "dos_occ": np.uint8, "dos_s": np.float16,
                    "dos_p": np.float16}}
 
@@ -178,7 +181,8 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
              for _, a in records]
 
     def cat(name, dtype, tail=()):
-        return (np.concatenate([a[name] for _, a in records]).astype(dtype) if records
+        get = spec_weight if name == "spec_weight" else (lambda a: a[name])
+        return (np.concatenate([get(a) for _, a in records]).astype(dtype) if records
                 else np.zeros((0,) + tail, dtype))
 
     n_sites = np.array([a["atom_index"].size for _, a in records], np.int32)
@@ -205,8 +209,7 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
             "molecule": np.repeat(np.arange(len(records), dtype=np.int32), n_sites),
             "spec_count": cat("spec_count", np.int32), "dos_count": cat("dos_count", np.int32)})
         for table, fields in _STICKS.items():
-            _table(f, table, {name: cat(name, dtype, (3,) if name == "spec_xyz" else ())
-                              for name, dtype in fields.items()})
+            _table(f, table, {name: cat(name, dtype) for name, dtype in fields.items()})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     final = _claim_part_name(db_dir, key, tmp)
@@ -351,16 +354,40 @@ def forget_molecules(db_dir, select) -> tuple:
         drop = [k for k, a in records if select(k, a)]
         if not drop:
             continue
-        with h5py.File(p, "r") as f:
-            key, recipe = _get_attr(f, "shard_key"), _get_attr(f, "recipe")
-        recipe = json.loads(recipe) if isinstance(recipe, str) else recipe
-        keep = [(k, a) for k, a in records if k not in drop]
-        if keep:
-            written.append(write_shard(db_dir, key, keep, recipe))
-        p.unlink()
-        _fsync_dir(db_dir)
+        written += _rewrite_part(p, [(k, a) for k, a in records if k not in drop])
         forgotten += drop
     return forgotten, written
+
+
+def _rewrite_part(p, records) -> list:
+    """Replace shard part ``p`` by a new part of ``records`` (none: just delete it).
+
+    The new part is written (in the current format) before the old one is deleted: a crash in
+    between leaves both, and :func:`load_database` drops the duplicates. A snapshot holding hard
+    links to the old part keeps it unchanged.
+    """
+    with h5py.File(p, "r") as f:
+        key, recipe = _get_attr(f, "shard_key"), _get_attr(f, "recipe")
+    recipe = json.loads(recipe) if isinstance(recipe, str) else recipe
+    written = [write_shard(p.parent, key, records, recipe)] if records else []
+    p.unlink()
+    _fsync_dir(p.parent)
+    return written
+
+
+def upgrade_shards(db_dir) -> list:
+    """Rewrite every finished part of an older format in the current one; return the new parts.
+
+    Values are those the older part loads as, stored as the current format stores them (format
+    4: each spectrum stick's x, y, z parts become their mean with 7 significand bits).
+    """
+    written = []
+    for p in sorted(Path(db_dir).glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            if _format(f) == FORMAT_VERSION:
+                continue
+        written += _rewrite_part(p, read_records(p))
+    return written
 
 
 # --------------------------------------------------------------------------- reading
@@ -372,7 +399,8 @@ class SiteTable:
         self.sites = sites
         self.spec_offsets = sticks["spec_offsets"]
         self.spec_energy = sticks["spec_energy"]
-        self.spec_xyz = sticks["spec_xyz"]
+        #: orientation-averaged stick weights (format 4 stores them; older parts their x, y, z)
+        self.spec_intensity = sticks["spec_intensity"]
         self.dos_offsets = sticks["dos_offsets"]
         self.dos_energy = sticks["dos_energy"]
         self.dos_s = sticks["dos_s"]
@@ -380,10 +408,6 @@ class SiteTable:
         self.dos_occupation = sticks["dos_occ"]
         self.recipe = recipe
         self.shards = shards
-
-    @property
-    def spec_intensity(self):
-        return self.spec_xyz.mean(axis=1)
 
     @property
     def dos_sp(self):
@@ -422,7 +446,7 @@ class SiteTable:
         sites = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
                  for k, v in self.sites.items()}
         sticks = {}
-        for prefix, names in (("spec", ("spec_energy", "spec_xyz")),
+        for prefix, names in (("spec", ("spec_energy", "spec_intensity")),
                               ("dos", ("dos_energy", "dos_s", "dos_p", "dos_occ"))):
             off = getattr(self, f"{prefix}_offsets")
             take = np.concatenate([np.arange(off[i], off[i + 1]) for i in idx]).astype(
@@ -460,6 +484,18 @@ def _offsets(counts, dtype=np.int32):
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(dtype)
 
 
+def _xyz_to_weight(s):
+    """Spectrum weights as format 4 stores them (units of 1e-3 a.u.), from any format.
+
+    Formats 1-3 stored the x, y, z parts of each weight (a.u.): their mean is the weight, not
+    rounded here, so that an older part reads as it always did; a part rewritten in format 4
+    rounds it (`records.spec_weight`).
+    """
+    if "spec_xyz" in s:
+        s["spec_weight"] = s.pop("spec_xyz").astype(np.float32).mean(axis=1) * np.float32(
+            SPEC_WEIGHT_SCALE)
+
+
 def _read_part(f):
     """Molecule and site arrays of an open shard part (format 1 layout, whatever the format)."""
     if _format(f) == 1:
@@ -471,6 +507,7 @@ def _read_part(f):
              "spec_energy", "spec_xyz", "dos_energy", "dos_occ", "dos_s", "dos_p"]}
         s["status"] = _read_str(f["sites/status"])
         s["stage"] = _read_str(f["sites/stage"])
+        _xyz_to_weight(s)
         return mol, s
     text = json.loads(f["strings"][()].tobytes())
     mol = {n: np.array(text[n], dtype=object) for n in _MOL_TEXT}
@@ -483,6 +520,7 @@ def _read_part(f):
         s.update(_read_table(f[table]))
         s[f"{table}_offsets"] = _offsets(s.pop(f"{table}_count"))
     s.pop("dos_d", None)  # format 2 kept the d weights
+    _xyz_to_weight(s)
     eq = [e for per_molecule in text["equivalent"] for e in per_molecule]
     s["equivalent_offsets"] = _offsets([len(e) for e in eq])
     s["equivalent"] = np.array([i for e in eq for i in e], np.int16)
@@ -590,7 +628,7 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
         so, do = s["spec_offsets"], s["dos_offsets"]
         for i in idx:
             spec_e.append(s["spec_energy"][so[i]:so[i + 1]])
-            spec_x.append(s["spec_xyz"][so[i]:so[i + 1]])
+            spec_x.append(s["spec_weight"][so[i]:so[i + 1]])
             spec_counts.append(so[i + 1] - so[i])
             for k in dos:
                 dos[k].append(s[k][do[i]:do[i + 1]])
@@ -621,7 +659,7 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
     sticks = {
         "spec_offsets": np.concatenate([[0], np.cumsum(spec_counts)]).astype(np.int64),
         "spec_energy": cat(spec_e),
-        "spec_xyz": cat(spec_x, (3,)),
+        "spec_intensity": cat(spec_x) / np.float32(SPEC_WEIGHT_SCALE),  # a.u. as before
         "dos_offsets": np.concatenate([[0], np.cumsum(dos_counts)]).astype(np.int64),
         "dos_energy": cat(dos["dos_energy"]),
         "dos_s": cat(dos["dos_s"]),
