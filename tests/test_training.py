@@ -172,6 +172,33 @@ def test_bfloat16_training_learns_and_keeps_float32_weights(rows):
                      progress=False)
 
 
+def test_weight_average_is_what_is_validated_and_kept(rows):
+    from napari_corefit.training.loop import _member_key, _member_name
+
+    arch = default_arch("paper_mlp")
+    kw = dict(epochs=30, lr=1e-3, batch_size=8, patience=30, device="cpu")
+    plain, hist_plain = train_member(arch, rows, rows, TrainSettings(**kw), seed=0,
+                                     progress=False)
+    avg, hist = train_member(arch, rows, rows, TrainSettings(**kw, ema_decay=0.9), seed=0,
+                             progress=False)
+    assert hist["best_val_loss"] < 0.5 * hist["val_loss"][0]
+    # the same steps, but the kept weights are the average, and its validation loss is the
+    # one recorded for the kept epoch
+    x = torch.from_numpy(rows.clean)
+    assert not torch.equal(avg(x), plain(x))
+    with torch.no_grad():
+        kept = float(((avg(x).numpy() - rows.targets) ** 2).mean())
+    assert kept == pytest.approx(hist["best_val_loss"], rel=1e-5)
+    # the option is part of a member's key only when on: older members keep theirs
+    name = _member_name(_member_key(arch, rows, rows, TrainSettings(), 0, None, None))
+    assert "ema_decay" not in TrainSettings().to_dict()
+    assert name != _member_name(_member_key(arch, rows, rows, TrainSettings(ema_decay=0.99),
+                                            0, None, None))
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_member(arch, rows, rows, TrainSettings(epochs=1, ema_decay=1.0), seed=0,
+                     progress=False)
+
+
 def test_engine_preprocessing_of_noise_free_spectra_reproduces_the_training_inputs(rows):
     # noise-free inputs come from backend.curves (fine grid); the engine aligns measured
     # spectra with its own pipeline: both must give the same model input
