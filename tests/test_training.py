@@ -235,11 +235,12 @@ def test_corefit_train_and_evaluate(tiny_db, tiny_table, tmp_path, capsys):
     out = tmp_path / "model"
     rc = corefit(["train", "--db", str(tiny_db), "--out", str(out), "--members", "2",
                   "--epochs", "5", "--patience", "5", "--lr", "1e-3", "--device", "cpu",
-                  "--quiet"])
+                  "--ema-decay", "0.9", "--quiet"])
     assert rc == 0
     m = load_model(out)
     cfg = m.config
     assert m.n_members == 2 and cfg["level"] == "site" and cfg["noise_counts"] is None
+    assert cfg["training"]["ema_decay"] == 0.9
     assert cfg["recipe"]["functional"] == tiny_table.recipe["functional"]
     assert cfg["database"]["n_sites"] == tiny_table.n_sites
     assert len(cfg["database"]["sha256"]) == 64 and cfg["database"]["shards"]

@@ -48,6 +48,9 @@ def add_parser(subparsers):
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="training arithmetic (bfloat16: autocast, ~2x faster on CPUs with "
                         "AVX-512 BF16; weights stay float32)")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay "
+                        "(e.g. 0.999; 0: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
@@ -100,6 +103,7 @@ def _train(args):
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              patience=args.patience, seed=args.seed, device=args.device,
                              threads=args.threads, precision=args.precision,
+                             ema_decay=args.ema_decay,
                              max_seconds=None if args.max_minutes is None else
                              60.0 * args.max_minutes)
     from napari_corefit.training.dataset import default_preprocess_config

@@ -674,6 +674,9 @@ def _write_card(db, model_dir, out, images, molecule_model=None, noise_models=No
           f"{tr.get('seed', 0) + cfg['n_members'] - 1}); the members' spread is the σ shown by "
           "the engine.",
           f"- Training: Adam, learning rate {tr.get('lr')}, batch {tr.get('batch_size')}, MSE, "
+          + (f"weights averaged over the steps (exponential moving average, decay "
+             f"{tr['ema_decay']:g}: the average is validated and kept), " if tr.get("ema_decay")
+             else "") +
           f"early stopping (patience {tr.get('patience')} epochs, at most {tr.get('epochs')}); "
           f"best epochs per member: "
           f"{[mm_['best_epoch'] + 1 for mm_ in tr.get('members', [])]}; training time "
