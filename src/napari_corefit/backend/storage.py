@@ -120,7 +120,7 @@ def _shard_parts(db_dir, key):
 # datasets and variable-length strings: 701 bytes per site on a 308-site part, 470 in format 2;
 # see docs/backend.md). Format 3 (2026-11-24): the same tables without the DOS d weights, and
 # s, p weights with 7 significand bits (records.py). Format 4 (2026-11-26): one spectrum weight
-# per stick, the orientation average with 7 significand bits, instead of its x, y, z parts (the
+# per stick, the orientation average (float16, in 1e-3 a.u.), instead of its x, y, z parts (the
 # only thing ever read; 54 % of a format-3 part's bytes were spectrum sticks). Why this layout:
 # - a compound dataset behind the shuffle filter is split into byte planes per field, so its
 #   columns compress as well as separate datasets would, without ~300 bytes of headers each;
