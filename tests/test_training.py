@@ -281,7 +281,12 @@ def test_model_card_is_written_from_a_real_evaluation(tiny_db, tiny_table, tmp_p
     assert f"| {s['n_sites']} | {s['n_molecules']} | {s['mse_occupied']:.4g} |" in text
     # the goal line: four decimals and a verdict (a tiny model is far from the goal)
     u = s["cosine_median_unoccupied"]
-    assert f"≥ 0.97 unoccupied (measured {u:.4f}: not met, short by {0.97 - u:.4f})" in text
+    line = text[text.index("≥ 0.97 unoccupied (measured"):]
+    assert line.startswith(f"≥ 0.97 unoccupied (measured {u:.4f}, 95 % CI ")
+    assert f": not met, short by {0.97 - u:.4f})" in line.splitlines()[0]
+    # the interval brackets the measured median
+    lo, hi = (float(x) for x in line.split("95 % CI ")[1].split(":")[0].split("–"))
+    assert lo <= round(u, 4) <= hi
     assert "## Uncertainty (ensemble σ)" in text
     # by molecule size, the previous model (here the same one) scored on the same test sites
     size = text[text.index("## Test metrics by molecule size"):text.index("## Uncertainty")]

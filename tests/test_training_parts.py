@@ -68,6 +68,24 @@ def _keys(n):
     return [f"qm9:{i:06d}" for i in range(n)]
 
 
+def test_median_interval_resamples_whole_molecules():
+    rng = np.random.default_rng(0)
+    # 200 molecules of 5 near-identical sites: the molecules, not the sites, are the samples
+    groups = np.repeat(np.arange(200), 5)
+    values = 0.95 + 0.02 * rng.standard_normal(200)[groups] + 1e-4 * rng.standard_normal(1000)
+    lo, hi = metrics.median_interval(values, groups)
+    assert lo < np.median(values) < hi
+    # treating every site as independent pretends 5x the data: an interval ~sqrt(5) narrower
+    lo1, hi1 = metrics.median_interval(values, np.arange(1000))
+    assert 1.7 < (hi - lo) / (hi1 - lo1) < 3.0
+    # repeatable (seeded), and NaN scores are left out rather than poisoning the median
+    assert metrics.median_interval(values, groups) == (lo, hi)
+    with_nan = np.append(values, np.nan)
+    assert metrics.median_interval(with_nan, np.append(groups, 999)) == (lo, hi)
+    with pytest.raises(ValueError, match="1-D of one length"):
+        metrics.median_interval(values, groups[:-1])
+
+
 def test_random_split_is_by_molecule_disjoint_and_stable_when_the_database_grows():
     keys = _keys(2000)
     s = random_split(keys, seed=3)

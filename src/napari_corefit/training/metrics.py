@@ -13,7 +13,7 @@ import numpy as np
 
 from napari_corefit.spectra.grids import DOS_GRID, area_normalise
 
-__all__ = ["normalise_prediction", "per_curve_scores", "summarise", "score"]
+__all__ = ["normalise_prediction", "per_curve_scores", "summarise", "score", "median_interval"]
 
 CHANNELS = ("occupied", "unoccupied")
 
@@ -110,3 +110,59 @@ def score(pred, truth, grid=DOS_GRID, std=None):
     """Per-curve scores and their summary in one call: ``(summary, per_curve)``."""
     per = per_curve_scores(pred, truth, grid)
     return summarise(per, std=std, pred=pred, truth=truth), per
+
+
+def median_interval(values, groups, level=0.95, n_boot=2000, seed=0):
+    """Bootstrap confidence interval of a median, resampling whole groups.
+
+    A molecule's sites are near-copies of each other, so the test sites are not independent
+    draws: resampling sites would make the interval too narrow. The groups (molecules) are drawn
+    with replacement, each bringing all its values.
+
+    Parameters
+    ----------
+    values : array_like, shape (m,)
+        Per-row scores (NaN rows are ignored).
+    groups : array_like, shape (m,)
+        Group label of each row (e.g. the molecule index).
+    level : float
+        Coverage of the interval.
+    n_boot : int
+        Number of bootstrap resamples.
+    seed : int
+        Seed of the resampling, so that a card is reproducible.
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper percentile bounds of the bootstrapped median.
+
+    Examples
+    --------
+    >>> lo, hi = median_interval([0.9, 0.9, 0.9, 0.9], [0, 0, 1, 1])
+    >>> float(lo), float(hi)
+    (0.9, 0.9)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    g = np.asarray(groups)
+    if v.shape != g.shape or v.ndim != 1:
+        raise ValueError(f"values and groups must be 1-D of one length, got {v.shape}, {g.shape}")
+    keep = ~np.isnan(v)
+    v, g = v[keep], g[keep]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    # rows sorted by group: each group is one slice, and a resample is a list of slices
+    _, inverse = np.unique(g, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    v = v[order]
+    counts = np.bincount(inverse)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng(seed)
+    medians = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = rng.integers(0, counts.size, counts.size)
+        idx = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[pick], counts[pick])])
+        medians[b] = np.median(v[idx])
+    tail = (1.0 - level) / 2.0 * 100.0
+    lo, hi = np.percentile(medians, [tail, 100.0 - tail])
+    return float(lo), float(hi)
