@@ -63,7 +63,8 @@ snapshot of commit 4bbc278 two wide members (seeds 0, 1) reached validation MSE 
 4.62e-4 against 4.63e-4 and 4.67e-4 without (-1.1 % each; five seeds without: 4.63-4.67e-4), \
 test MSE -1.9 % per member, -1 % for the 2-member ensemble (docs/model_experiments.md, session \
 16); for the 5-member ensemble on the same snapshot -0.5 to -0.7 % and the same median cosine \
-(session 17): kept, since it costs nothing. Learning rate 1e-3 instead of the paper's 1e-4 (both Adam, batch 256): measured on a \
+(session 17): kept, since it costs nothing. Learning rate 1e-3 instead of the paper's 1e-4 \
+(both Adam, batch 256): measured on a \
 2,215-site snapshot of this database, one paper-MLP member reached validation MSE 7.95e-4 in 882 \
 epochs (40 CPU-s) against 7.87e-4 in 2,586 epochs (112 CPU-s) with 1e-4, test median cosine \
 0.919/0.930 against 0.923/0.929 (occupied/unoccupied): the same accuracy at a third of the cost, \
