@@ -453,3 +453,55 @@ def test_a_build_never_adds_records_of_another_recipe(tmp_path):
     # the old recipe, given back, continues the same database
     stats = build_database([], db, Recipe.from_dict(old), progress=False)
     assert stats["computed"] == 0
+
+
+def test_merge_renumbers_clashing_parts_and_skips_repeats(tmp_path, tiny_db):
+    from napari_corefit.backend.storage import (database_recipes, merge_databases,
+                                                read_records, write_shard)
+
+    # two machines built different molecules of one shard: both wrote <key>.p000.h5
+    records = [r for part in sorted(Path(tiny_db).glob("*.h5")) for r in read_records(part)]
+    assert len(records) >= 2
+    key = "mixed"
+    recipe = database_recipes(tiny_db)[0]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, recs in ((a, records[:1]), (b, records[1:])):
+        d.mkdir()
+        assert write_shard(d, key, recs, recipe).name == f"{key}.p000.h5"
+    out = tmp_path / "out"
+    written = merge_databases([a, b], out)
+    assert sorted(p.name for p in written) == [f"{key}.p000.h5", f"{key}.p001.h5"]
+    assert finished_keys(out) == {k for k, _ in records}
+    assert merge_databases([a, b], out) == []  # same bytes already there: nothing added
+    table = load_database(out)
+    assert len(table.molecules["key"]) == len(records)
+
+
+def test_merge_refuses_another_recipe(tmp_path, tiny_db):
+    from napari_corefit.backend.storage import (database_recipes, merge_databases,
+                                                read_records, write_shard)
+
+    part = sorted(Path(tiny_db).glob("*.h5"))[0]
+    recipe = dict(database_recipes(tiny_db)[0], conv_tol=1e-3)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_shard(other, part.name.split(".p")[0], read_records(part)[:1], recipe)
+    with pytest.raises(ValueError, match="another recipe"):
+        merge_databases([other], tiny_db)
+
+
+def test_deadline_stops_queued_molecules_and_a_rerun_finishes(tmp_path):
+    from napari_corefit.backend.runner import build_database
+
+    mols = [Molecule.from_smiles(s) for s in SMILES]
+    db = tmp_path / "db"
+    # two workers hold three molecules at once (two running, one queued: every molecule given
+    # to the pool runs, so it gets no more); past the deadline no new one is started (before
+    # 2026-11-26 four were handed out, and on 16 cores 16 molecules ran past the deadline)
+    first = build_database(mols, db, workers=2, threads=1, deadline=0.2, progress=False,
+                           flush_at_end=True)
+    assert 1 <= first["computed"] <= 3
+    assert len(finished_keys(db)) == first["computed"]
+    second = build_database(mols, db, workers=2, threads=1, progress=False)
+    assert second["skipped"] == first["computed"]
+    assert len(finished_keys(db)) == len(SMILES)

@@ -293,21 +293,11 @@ def _upgrade(args):
 
 
 def _merge(args):
-    import shutil
+    from napari_corefit.backend.storage import load_database, merge_databases
 
-    from napari_corefit.backend.storage import load_database
-
-    args.output.mkdir(parents=True, exist_ok=True)
-    for src in args.sources:
-        for p in sorted(Path(src).glob("*.h5")):
-            target = args.output / p.name
-            if target.exists():
-                if target.read_bytes() == p.read_bytes():
-                    continue
-                raise FileExistsError(f"{target} exists with other content; not overwritten")
-            shutil.copy2(p, target)
+    written = merge_databases(args.sources, args.output)
     load_database(args.output)  # warns about any duplicated molecules
-    print(f"merged into {args.output}", file=sys.stderr)
+    print(f"merged {len(written)} shard parts into {args.output}", file=sys.stderr)
     return 0
 
 

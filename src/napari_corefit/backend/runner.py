@@ -273,7 +273,9 @@ def _run_local(todo, recipe, timeout, workers, threads, handle, stop_at):
     try:
         pending, queue = set(), list(reversed(todo))
         while queue or pending:
-            while queue and len(pending) < 2 * workers and (stop_at is None or
+            # one molecule beyond the workers keeps them all busy; more would not help, and
+            # the pool starts every submitted molecule (none can be taken back at a deadline)
+            while queue and len(pending) < workers + 1 and (stop_at is None or
                                                            time.monotonic() < stop_at):
                 pending.add(pool.submit(compute_record, queue.pop(), recipe, timeout))
             if not pending:

@@ -33,7 +33,7 @@ from napari_corefit.backend.records import (SITE_FIELDS, SPEC_WEIGHT_SCALE, arra
                                             bytes_to_arrays, spec_weight)
 
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
-           "forget_molecules", "upgrade_shards", "recipe_site_counts",
+           "merge_databases", "forget_molecules", "upgrade_shards", "recipe_site_counts",
            "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 4
@@ -233,6 +233,43 @@ def _claim_part_name(db_dir, key, tmp) -> Path:
             return final
         os.unlink(tmp)
         return final
+
+
+def merge_databases(sources, out_dir) -> list:
+    """Copy the finished shard parts of database directories ``sources`` into ``out_dir``.
+
+    Parts are immutable, so a part is never overwritten: one whose name is taken (two machines
+    both wrote ``qm9-004000-004999.p000.h5``, say) gets the next free part number of its shard,
+    claimed atomically, so a build running in ``out_dir`` may write parts at the same time. A
+    part with the same bytes as one already there is skipped, so merging twice adds nothing.
+    Returns the paths of the parts written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # one recipe per directory, as for a build (runner._check_same_recipe): refuse up front
+    recipes = database_recipes(out_dir)
+    for src in sources:
+        for r in database_recipes(src):
+            if recipes and r not in recipes:
+                raise ValueError(f"{src} holds records of another recipe than {out_dir} "
+                                 f"(version {r.get('version', '?')} against "
+                                 f"{recipes[0].get('version', '?')}); merge into a new directory")
+            recipes = recipes or [r]
+    written = []
+    for src in sources:
+        for p in sorted(Path(src).glob("*.h5")):
+            key = p.name.split(".p")[0]
+            data = p.read_bytes()
+            if any(q.stat().st_size == len(data) and q.read_bytes() == data
+                   for q in _shard_parts(out_dir, key)):
+                continue
+            tmp = out_dir / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.h5.tmp"
+            tmp.write_bytes(data)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            written.append(_claim_part_name(out_dir, key, tmp))
+    _fsync_dir(out_dir)
+    return written
 
 
 def _fsync_dir(path):
