@@ -3,7 +3,8 @@
 # PySCF and no network (docs/backend.md, "Building on a bigger machine").
 # Writes into .device-carry/ (git-ignored): PySCF as an xz tarball of the installed package
 # (~31 MiB) and the selected QM9 molecules as one XYZ bundle (qm9pack's 104 MB do not travel).
-#   bash scripts/device_pack.sh [corefit db xyz-bundle options, e.g. --max-heavy 7 --sample 900]
+#   bash scripts/device_pack.sh [corefit db xyz-bundle options, e.g. --max-heavy 7 --sample 900
+#                                --skip-held-by data/db --limit 700 --largest-first]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}

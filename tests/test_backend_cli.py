@@ -117,3 +117,35 @@ def test_forget_then_build_computes_those_molecules_again(tmp_path):
     j = list(before.molecules["key"]).index("qm9:000004")
     assert after.sites["excitation_energy"][i] == pytest.approx(
         before.sites["excitation_energy"][j], abs=1e-4)
+
+
+def test_bundle_build_elsewhere_and_merge_back(tmp_path):
+    """The bigger-machine workflow (docs/backend.md): bundle what is not computed yet, build it
+    from the bundle alone (no qm9pack there), merge the shards back under fresh part numbers."""
+    from napari_corefit.backend import load_database
+    from napari_corefit.backend.molecules import read_xyz_bundle
+
+    here = tmp_path / "here"
+    assert _corefit("db", "build", "--source", "qm9", "--ids", "1-4", "-o", str(here),
+                    "--workers", "1", "--quiet").returncode == 0
+    done = set(load_database(here).molecules["key"])
+    assert done == {"qm9:000001", "qm9:000004"}  # methane, acetylene (2, 3 have no carbon)
+    bundle = tmp_path / "todo.xyz"
+    out = _corefit("db", "xyz-bundle", "--max-heavy", "2", "--skip-held-by", str(here),
+                   "--largest-first", "-o", str(bundle))
+    assert out.returncode == 0, out.stderr[-2000:]
+    mols = read_xyz_bundle(bundle)
+    assert {m.key for m in mols} == {"qm9:000005", "qm9:000006", "qm9:000007", "qm9:000008"}
+    assert mols[0].key == "qm9:000007"  # ethane, the only one with two carbons, goes first
+    there = tmp_path / "there"
+    out = _corefit("db", "build", "--xyz", str(bundle), "-o", str(there), "--workers", "2",
+                   "--quiet")
+    assert out.returncode == 0, out.stderr[-2000:]
+    # both directories wrote part 0 of the same shard; the merge gives the newcomer part 1
+    assert {p.name for p in here.glob("*.h5")} == {p.name for p in there.glob("*.h5")}
+    out = _corefit("db", "merge", str(there), "-o", str(here))
+    assert out.returncode == 0 and "merged 1 shard parts" in out.stderr, out.stderr[-2000:]
+    assert len(list(here.glob("*.h5"))) == 2
+    table = load_database(here)
+    assert set(table.molecules["key"]) == done | {m.key for m in mols}
+    assert (table.sites["status"] == "ok").all()

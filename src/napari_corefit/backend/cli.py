@@ -100,6 +100,12 @@ def add_parser(sub):
     x.add_argument("--ids", type=_range)
     x.add_argument("--sample", type=int)
     x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--skip-held-by", type=Path, action="append", default=[], metavar="DB",
+                   help="leave out the molecules that the finished shards of DB hold (those "
+                        "already computed here); may be given more than once")
+    x.add_argument("--limit", type=int, help="at most this many molecules (after --skip-held-by)")
+    x.add_argument("--largest-first", action="store_true",
+                   help="order by carbon count, largest first (for deadline-bounded builds)")
     x.add_argument("-o", "--output", type=Path, required=True)
     x.set_defaults(func=_bundle)
     db.set_defaults(func=lambda args: db.print_help())
@@ -139,6 +145,23 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _skip_held(mols, other_dbs, who):
+    """The molecules that none of the finished shards of ``other_dbs`` hold."""
+    if not other_dbs:
+        return mols
+    from napari_corefit.backend.storage import finished_keys
+
+    held = set()
+    for other in other_dbs:
+        if not other.is_dir():
+            raise SystemExit(f"{who}: no database at {other}")
+        held |= finished_keys(other)
+    kept = [m for m in mols if m.key not in held]
+    print(f"{who}: {len(mols) - len(kept)} of {len(mols)} selected molecules are held by "
+          f"{', '.join(map(str, other_dbs))}: left out", file=sys.stderr)
+    return kept
+
+
 def _build(args):
     from napari_corefit.backend.recipe import Recipe
     from napari_corefit.backend.runner import build_database
@@ -149,18 +172,7 @@ def _build(args):
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     mols = _molecules(args)
-    if args.skip_held_by:
-        from napari_corefit.backend.storage import finished_keys
-
-        held = set()
-        for other in args.skip_held_by:
-            if not other.is_dir():
-                raise SystemExit(f"corefit db build: no database at {other}")
-            held |= finished_keys(other)
-        n_selected = len(mols)
-        mols = [m for m in mols if m.key not in held]
-        print(f"corefit db build: {n_selected - len(mols)} of {n_selected} selected molecules "
-              f"are held by {', '.join(map(str, args.skip_held_by))}: left out", file=sys.stderr)
+    mols = _skip_held(mols, args.skip_held_by, "corefit db build")
     print(f"corefit db build: {len(mols)} molecules, "
           f"{sum(len(m.carbons) for m in mols)} carbons -> {args.output}", file=sys.stderr)
     stats = build_database(mols, args.output, recipe, workers=args.workers,
@@ -330,6 +342,10 @@ def _bundle(args):
 
     mols = qm9_molecules(ids=args.ids, min_heavy=args.min_heavy, max_heavy=args.max_heavy,
                          sample=args.sample, seed=args.seed)
+    mols = _skip_held(mols, args.skip_held_by, "corefit db xyz-bundle")[: args.limit]
+    if args.largest_first:
+        # a build stopped by a deadline then ends on small molecules: less time lost waiting
+        mols = sorted(mols, key=lambda m: -len(m.carbons))
     write_xyz_bundle(mols, args.output)
     print(f"wrote {len(mols)} molecules to {args.output}", file=sys.stderr)
     return 0
