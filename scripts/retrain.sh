@@ -15,10 +15,24 @@
 # BF16, same validation MSE within the seed spread: docs/model_experiments.md). Weights averaged
 # over the steps (--ema-decay 0.999) since session 16: 1 % lower validation MSE per member,
 # 0.5-0.7 % lower test MSE for the 5-member ensemble (session 17), no cost.
+#
+# On a GPU machine (a copy of the working tree without .git, 16 cores): every ensemble member
+# trains in a process of its own, so the study takes about as long as its slowest member:
+#   RETRAIN_COMMIT=<short hash> PY=python3 JOBS=12 DEVICE=cuda NO_BENCH=1 bash scripts/retrain.sh
+# (the end-to-end benchmark needs HyperSpy: run it afterwards here, `NO_STUDY=1`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
-commit=${RETRAIN_COMMIT:-$(git rev-parse --short HEAD)}
+if git rev-parse --git-dir > /dev/null 2>&1; then
+    commit=${RETRAIN_COMMIT:-$(git rev-parse --short HEAD)}
+    committed() { git ls-tree -r --name-only "$commit" "$1"; }
+    show() { git show "$commit:$1"; }
+else
+    # no .git (a device machine's copy): the working tree's files stand for the commit
+    commit=${RETRAIN_COMMIT:?"no git here: set RETRAIN_COMMIT to the commit of this copy"}
+    committed() { find "$1" -maxdepth 1 -type f | sort; }
+    show() { cat "$1"; }
+fi
 snap=work-tmp/db-$commit
 out=work-tmp/study-$commit
 mkdir -p work-tmp
@@ -26,13 +40,13 @@ if [ ! -d "$snap" ]; then
     # committed parts only: parts written after the commit are not in the snapshot (committed
     # parts are never rewritten, so hard links to the working tree's files are that commit's)
     rm -rf "$snap.tmp" && mkdir -p "$snap.tmp"
-    git ls-tree -r --name-only "$commit" data/db | grep '\.h5$' | while read -r part; do
+    committed data/db | grep '\.h5$' | while read -r part; do
         ln "$part" "$snap.tmp/"
     done
     # the recipe-2 records of the molecules recipe 3 has not reached yet (data/db-v2 is pruned
     # with `corefit db forget data/db-v2 --in data/db`; were a molecule in both, the loader keeps
     # the first copy in name order, and qm9-... sorts before recipe2-...: recipe 3 wins)
-    git ls-tree -r --name-only "$commit" data/db-v2 | grep '\.h5$' | while read -r part; do
+    committed data/db-v2 | grep '\.h5$' | while read -r part; do
         ln "$part" "$snap.tmp/recipe2-$(basename "$part")"
     done
     mv "$snap.tmp" "$snap"
@@ -42,10 +56,12 @@ echo "snapshot $snap: $n_parts committed shard parts" >&2
 # the bundled model as committed, before --install replaces it: the card scores it on the new
 # model's test sites, by molecule size (the only fair comparison as the test mix shifts)
 prev=work-tmp/model-prev-$commit
-rm -rf "$prev" && mkdir -p "$prev"
-for f in $(git ls-tree -r --name-only "$commit" src/napari_corefit/model/weights/default); do
-    git show "$commit:$f" > "$prev/$(basename "$f")"
-done
+if [ -z "${NO_STUDY:-}" ]; then
+    rm -rf "$prev" && mkdir -p "$prev"
+    for f in $(committed src/napari_corefit/model/weights/default); do
+        show "$f" > "$prev/$(basename "$f")"
+    done
+fi
 
 notes="Training data: every molecule once, with the newest recipe that has computed it: recipe 3 \
 (data/db: every QM9 molecule with up to 7 heavy atoms since 2026-11-26, then 8-heavy-atom ones) \
@@ -73,13 +89,16 @@ which lets the whole study run on two cores. corefit train keeps the paper's \
 at $commit, so that the build running beside it could not change the database under it; the \
 fingerprint above identifies those parts."
 
-"$PY" -m napari_corefit.training.study --db "$snap" --out "$out" \
-    --archs paper_mlp,two_head_mlp,wide_two_head_mlp --threads 1 --jobs 2 --lr 1e-3 \
+[ -n "${NO_STUDY:-}" ] || "$PY" -m napari_corefit.training.study --db "$snap" --out "$out" \
+    --archs paper_mlp,two_head_mlp,wide_two_head_mlp --threads 1 --jobs "${JOBS:-2}" \
+    --device "${DEVICE:-auto}" --lr 1e-3 \
     --precision bfloat16 --ema-decay 0.999 \
     --max-minutes 25 --noise-max-minutes 25 --resume \
     --install --weights-dtype int8 --card docs/MODEL_CARD.md --images docs/images \
     --beyond-db data/db_9heavy --previous-model "$prev" --notes "$notes" "$@"
-"$PY" benchmarks/bench_end_to_end.py --db "$snap" --doses 300,3000,30000 --seeds 0,1 \
-    --write-md benchmarks/results_end_to_end.md --plot benchmarks/results_end_to_end.png
-bash benchmarks/make_results.sh
+if [ -z "${NO_BENCH:-}" ]; then
+    "$PY" benchmarks/bench_end_to_end.py --db "$snap" --doses 300,3000,30000 --seeds 0,1 \
+        --write-md benchmarks/results_end_to_end.md --plot benchmarks/results_end_to_end.png
+    bash benchmarks/make_results.sh
+fi
 echo "done: review docs/MODEL_CARD.md and benchmarks/RESULTS.md, update README's status" >&2

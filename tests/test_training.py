@@ -136,6 +136,35 @@ def test_an_interrupted_ensemble_resumes_at_the_member_it_was_training(rows, tmp
     assert not torch.equal(half.members[0](x), first.members[0](x))
 
 
+def test_members_trained_apart_assemble_into_the_same_ensemble(rows, tmp_path):
+    from napari_corefit.training.loop import _member_key, _member_name
+
+    arch = default_arch("paper_mlp")
+    settings = TrainSettings(epochs=5, lr=1e-3, batch_size=8, device="cpu")
+    d = tmp_path / "members"
+    # members 1 and 0 trained by separate calls (separate processes in a study), in any order
+    assert train_ensemble(arch, rows, rows, settings, n_members=2, progress=False,
+                          member_dir=d, only=[1]) == (None, None)
+    assert len(list(d.glob("*.json"))) == 1
+    train_ensemble(arch, rows, rows, settings, n_members=2, progress=False, member_dir=d,
+                   only=[0])
+    assembled, hist = train_ensemble(arch, rows, rows, settings, n_members=2, progress=False,
+                                     member_dir=d)
+    together, _ = train_ensemble(arch, rows, rows, settings, n_members=2, progress=False)
+    x = torch.from_numpy(rows.clean)
+    for a, b in zip(assembled.members, together.members):
+        assert torch.equal(a(x), b(x))
+    assert [len(h["val_loss"]) for h in hist] == [5, 5]
+    with pytest.raises(ValueError, match="outside"):
+        train_ensemble(arch, rows, rows, settings, n_members=2, member_dir=d, only=[2])
+    with pytest.raises(ValueError, match="member_dir"):
+        train_ensemble(arch, rows, rows, settings, n_members=2, only=[0])
+    # where it ran is not what it was trained from: a GPU member serves a CPU run
+    names = {_member_name(_member_key(arch, rows, rows, TrainSettings(device=dev, threads=t),
+                                      0, None, None)) for dev, t in (("cpu", 1), ("cuda", None))}
+    assert len(names) == 1
+
+
 def test_plateau_schedule_and_cosine_loss_options(rows):
     from napari_corefit.training.loop import _loss
 

@@ -227,7 +227,10 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
 
 def _member_key(arch, train, val, settings, seed, noise, preprocess_config) -> dict:
     """What a saved member was trained from: it is reused only if all of it matches."""
-    return {"arch": dict(arch), "settings": {**settings.to_dict(), "seed": int(seed)},
+    # how it ran (device, threads) is not what it was trained from: a member trained on a GPU
+    # is reused by a run on the CPU
+    what = {k: v for k, v in settings.to_dict().items() if k not in ("device", "threads")}
+    return {"arch": dict(arch), "settings": {**what, "seed": int(seed)},
             "noise": None if noise is None else noise.to_dict(),
             "preprocess": None if preprocess_config is None else preprocess_config.to_dict(),
             "n_train": len(train), "n_val": len(val),
@@ -268,18 +271,30 @@ def _save_member(member_dir, key, net, hist):
 
 
 def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, n_members=5,
-                   noise=None, preprocess_config=None, progress=True, member_dir=None):
+                   noise=None, preprocess_config=None, progress=True, member_dir=None,
+                   only=None):
     """Train ``n_members`` networks (seeds ``settings.seed + i``); return (Ensemble, histories).
 
     With ``member_dir``, each finished member is saved there, and a member already saved from
     the same architecture, settings, seed, noise and rows is loaded instead of trained again:
     an interrupted ensemble resumes at the member it was training, and ensembles that share a
-    ``member_dir`` share their common members.
+    ``member_dir`` share their common members. With ``only`` (member indices), just those
+    members are trained into ``member_dir`` and ``(None, None)`` is returned: separate
+    processes can train one ensemble's members side by side, and the ensemble is then
+    assembled from ``member_dir`` without training.
     """
     if n_members < 1:
         raise ValueError(f"an ensemble needs at least one member, got {n_members}")
+    if only is not None:
+        if member_dir is None:
+            raise ValueError("training only some members needs a member_dir to keep them in")
+        bad = [i for i in only if not 0 <= i < n_members]
+        if bad:
+            raise ValueError(f"member indices {bad} outside 0..{n_members - 1}")
     members, histories = [], []
     for i in range(n_members):
+        if only is not None and i not in only:
+            continue
         seed = settings.seed + i
         key = _member_key(arch, train, val, settings, seed, noise, preprocess_config)
         found = None if member_dir is None else _load_member(member_dir, key, arch)
@@ -299,4 +314,6 @@ def train_ensemble(arch, train: CurveSet, val: CurveSet, settings: TrainSettings
                   f"({hist['seconds']:.0f} s)", file=sys.stderr)
         members.append(net.cpu())
         histories.append(hist)
+    if only is not None:
+        return None, None
     return Ensemble(members).eval(), histories

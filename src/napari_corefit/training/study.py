@@ -125,12 +125,26 @@ class _Trainer:
             self.done[name] = train_model(self.db, path, table=self.table,
                                           settings=settings, progress=self.progress, **kw)
         else:
-            self.log(f"== {name}: started in a worker process")
-            self.pending[name] = self.executor.submit(_train_quiet, str(self.db), str(path),
-                                                      settings, kw)
+            # each member in a process of its own (an ensemble's members are independent: on a
+            # GPU a whole study then takes about as long as its slowest member, not five in a
+            # row); the ensemble is assembled from the member cache once they are all done
+            n = kw.get("n_members", 5)
+            members = [self.executor.submit(_train_quiet, str(self.db), str(path), settings,
+                                            {**kw, "only_members": [i]})
+                       for i in range(n)] if n > 1 else []
+            self.log(f"== {name}: {max(n, 1)} member(s) started in worker processes")
+            self.pending[name] = (settings, kw, members)
 
     def wait(self) -> dict:
-        for name, fut in list(self.pending.items()):
+        for settings, kw, members in self.pending.values():
+            for fut in members:
+                fut.result()
+        # every member is cached now: the assembly (and the single-member models' training),
+        # calibration and test evaluation run side by side
+        assembling = {name: self.executor.submit(_train_quiet, str(self.db), str(self.out / name),
+                                                 settings, kw)
+                      for name, (settings, kw, _) in self.pending.items()}
+        for name, fut in assembling.items():
             fut.result()
             self.done[name] = load_model(self.out / name)
             self.log(f"== {name}: done")

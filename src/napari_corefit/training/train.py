@@ -59,7 +59,8 @@ def _log(msg, progress):
 
 def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp",
                 arch_options=None, split="random", seed=0, settings=None, progress=True,
-                table=None, preprocess_config=None, train_fraction=1.0, member_cache=None):
+                table=None, preprocess_config=None, train_fraction=1.0, member_cache=None,
+                only_members=None):
     """Train an ensemble on a database, evaluate it on its test molecules and save it.
 
     Parameters
@@ -95,11 +96,17 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         trained before from the same architecture, settings, seed and rows is reused. Without
         it, members wait in ``out/members-in-progress`` until the ensemble is saved, so that a
         stopped run resumes at the member it was training.
+    only_members : list of int, optional
+        Train just these members (indices, member i has seed ``settings.seed + i``) into
+        ``member_cache`` and return None; nothing is written to ``out``. A later call without
+        it assembles the ensemble from the cache: an ensemble's members can train in separate
+        processes (``training.study`` with ``jobs`` > 1 does).
 
     Returns
     -------
-    LoadedModel
-        The saved checkpoint, loaded back (so what is returned is what was written).
+    LoadedModel or None
+        The saved checkpoint, loaded back (so what is returned is what was written); None with
+        ``only_members``.
     """
     from napari_corefit.backend import load_database
 
@@ -133,6 +140,13 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     # finished members wait here until the ensemble is saved: a run stopped part-way (a crash,
     # the end of a session) resumes at the member it was training when started again
     member_dir = Path(out) / MEMBER_DIR if member_cache is None else Path(member_cache)
+    if only_members is not None:
+        if member_cache is None:
+            raise ValueError("only_members needs a member_cache to keep the members in")
+        train_ensemble(arch_dict, train, val, settings, n_members, noise=noise,
+                       preprocess_config=pp, progress=progress, member_dir=member_dir,
+                       only=list(only_members))
+        return None
     ensemble, histories = train_ensemble(arch_dict, train, val, settings, n_members, noise=noise,
                                          preprocess_config=pp, progress=progress,
                                          member_dir=member_dir)
