@@ -185,7 +185,8 @@ def build_database(molecules, db_dir, recipe=None, workers=None, threads=None, t
     scheduler : str or distributed.Client, optional
         Address of a Dask scheduler (or a Client): compute on the cluster instead of locally.
     deadline : float, optional
-        Seconds from now after which no new molecule is started; in-flight ones finish.
+        Seconds from now after which no new molecule is started; in-flight ones finish
+        locally (on a Dask cluster they are cancelled with the rest: a rerun computes them).
     flush_at_end : bool
         Write shard parts from every journal at the end, even for unfinished shards (use before
         committing or when the machine is about to go away).
