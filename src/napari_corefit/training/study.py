@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import shutil
 import sys
@@ -86,6 +87,10 @@ def choose_architecture(losses: dict) -> tuple:
                       f"weights ({_n_weights(smallest):,} vs {_n_weights(best):,})")
 
 
+#: ``train_model``'s own default, for a model submitted without ``n_members``
+_MEMBERS_DEFAULT = inspect.signature(train_model).parameters["n_members"].default
+
+
 def _train_quiet(db, out, settings, kw):
     """One training in a worker process (no progress bars: they would interleave)."""
     train_model(db, out, settings=settings, progress=False, **kw)
@@ -128,7 +133,7 @@ class _Trainer:
             # each member in a process of its own (an ensemble's members are independent: on a
             # GPU a whole study then takes about as long as its slowest member, not five in a
             # row); the ensemble is assembled from the member cache once they are all done
-            n = kw.get("n_members", 5)
+            n = kw.get("n_members", _MEMBERS_DEFAULT)
             members = [self.executor.submit(_train_quiet, str(self.db), str(path), settings,
                                             {**kw, "only_members": [i]})
                        for i in range(n)] if n > 1 else []
