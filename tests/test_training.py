@@ -535,3 +535,72 @@ def test_a_database_of_two_recipes_is_trained_on_and_says_so(tiny_db, tmp_path):
     single = load_database(tiny_db)
     assert "by the recipe" not in "\n".join(
         size_section(one, single, evaluate_model(one, single, split="all")))
+
+
+
+_STUDY_SCRIPT = """
+import sys
+from napari_corefit.training.loop import TrainSettings
+from napari_corefit.training.study import run_study
+# four trainings that would run for hours (two queued behind the first two): only an
+# interrupt ends them
+settings = TrainSettings(epochs=10**6, patience=10**6, threads=1)
+run_study(sys.argv[1], sys.argv[2], archs=("paper_mlp", "two_head_mlp"), compare_members=2,
+          members=2, noise_levels=(), learning_curve=(), molecule=False, extrapolation=False,
+          settings=settings, jobs=2, progress=False)
+"""
+
+
+def _children(pid):
+    """Pids of the live processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_interrupting_a_study_ends_it_and_its_worker_processes(tiny_db, tmp_path):
+    """Ctrl-C on a parallel study must end it and its workers. It did not: a pool worker
+    catches KeyboardInterrupt like any error and takes the next queued model, and the study
+    waited at exit for the whole queue (hours of training after the interrupt)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _STUDY_SCRIPT, str(tiny_db),
+                             str(tmp_path / "study")], start_new_session=True,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:  # the pool's two trainers
+            time.sleep(0.5)
+            workers = [p for p in _children(proc.pid)
+                       if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else workers
+        time.sleep(3)  # training now (spawned, imported torch, loaded the database)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert proc.wait(timeout=60) != 0
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+        assert not (tmp_path / "study" / "study.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -91,6 +91,30 @@ def choose_architecture(losses: dict) -> tuple:
 _MEMBERS_DEFAULT = inspect.signature(train_model).parameters["n_members"].default
 
 
+def _die_on_interrupt():
+    """Worker initializer: an interrupt ends the worker process.
+
+    A ``ProcessPoolExecutor`` worker catches a ``KeyboardInterrupt`` raised in its task like
+    any other exception, reports it and takes the next queued task, and an interrupted study
+    waited at exit for every queued model: after Ctrl-C (SIGINT to the study's process group)
+    the workers went on training for hours. Now the workers die, and the study cancels what
+    is queued (finished models are kept: a rerun with ``--resume`` reuses them).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _worker_pool(jobs):
+    """A process pool for independent trainings (spawned processes that an interrupt ends)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked child inherits torch's thread pools in an unusable state
+    return ProcessPoolExecutor(int(jobs), mp_context=mp.get_context("spawn"),
+                               initializer=_die_on_interrupt)
+
+
 def _train_quiet(db, out, settings, kw):
     """One training in a worker process (no progress bars: they would interleave)."""
     train_model(db, out, settings=settings, progress=False, **kw)
@@ -110,11 +134,7 @@ class _Trainer:
         self.pending, self.done = {}, {}
         self.executor = None
         if int(jobs) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: a forked child inherits torch's thread pools in an unusable state
-            self.executor = ProcessPoolExecutor(int(jobs), mp_context=mp.get_context("spawn"))
+            self.executor = _worker_pool(jobs)
 
     def submit(self, name, settings=None, **kw):
         settings = settings or self.settings
@@ -156,9 +176,11 @@ class _Trainer:
         self.pending.clear()
         return self.done
 
-    def close(self):
+    def close(self, cancel=False):
+        """Shut the pool down; ``cancel`` drops the trainings not yet started (on an error or
+        an interrupt, so that none starts after the study has given up)."""
         if self.executor is not None:
-            self.executor.shutdown()
+            self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
 def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
@@ -191,47 +213,52 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     # small networks gain little from a second thread, a second process doubles the work done)
     pool = _Trainer(db, out, table, settings, jobs=jobs, resume=resume, progress=progress)
     log = pool.log
-    for arch in archs:
-        pool.submit(f"arch_{arch}", arch=arch, n_members=compare_members)
-    done = pool.wait()
-    losses = {arch: _member_losses(done[f"arch_{arch}"]) for arch in archs}
-    for arch in archs:
-        res["arch_models"][arch] = str(out / f"arch_{arch}")
-        log(f"{arch}: mean validation MSE {losses[arch].mean():.4g}")
-    best, why = choose_architecture(losses)
-    scores = {a: float(v.mean()) for a, v in losses.items()}
-    res.update(arch_validation_mse=scores, chosen_arch=best, chosen_because=why)
-    log(f"chosen architecture: {best} ({why})")
+    try:
+        for arch in archs:
+            pool.submit(f"arch_{arch}", arch=arch, n_members=compare_members)
+        done = pool.wait()
+        losses = {arch: _member_losses(done[f"arch_{arch}"]) for arch in archs}
+        for arch in archs:
+            res["arch_models"][arch] = str(out / f"arch_{arch}")
+            log(f"{arch}: mean validation MSE {losses[arch].mean():.4g}")
+        best, why = choose_architecture(losses)
+        scores = {a: float(v.mean()) for a, v in losses.items()}
+        res.update(arch_validation_mse=scores, chosen_arch=best, chosen_because=why)
+        log(f"chosen architecture: {best} ({why})")
 
-    pool.submit("default", arch=best, n_members=members)
-    res["default"] = str(out / "default")
-    if molecule:
-        pool.submit("molecule", arch=best, n_members=members, level="molecule")
-        res["molecule"] = str(out / "molecule")
-    res["noise_models"] = {"inf": str(out / "default")}
-    noise_settings = (settings if noise_max_seconds is None else
-                      dataclasses.replace(settings, max_seconds=float(noise_max_seconds)))
-    for n in noise_levels:
-        name = f"noise_{n:.0e}".replace("+0", "")
-        pool.submit(name, settings=noise_settings, arch=best, n_members=noise_members,
-                    noise=NoiseModel(counts=n))
-        res["noise_models"][f"{n:g}"] = str(out / name)
-    res["learning_curve_models"] = {}
-    for f in learning_curve:
-        name = f"lc_{f:g}"
-        pool.submit(name, arch=best, n_members=noise_members, train_fraction=f)
-        res["learning_curve_models"][f"{f:g}"] = str(out / name)
-    res["extrapolation_models"] = []
-    n_atoms = np.asarray(table.molecules["n_atoms"])
-    n_big = int(((n_atoms >= 21) & (n_atoms <= 26)).sum())
-    res["n_molecules_21_26_atoms"] = n_big
-    if extrapolation and n_big >= 5:
-        for kind in ("extrapolation", "extrapolation_18_20"):
-            pool.submit(kind, arch=best, n_members=noise_members, split=kind)
-            res["extrapolation_models"].append(str(out / kind))
-    elif extrapolation:
-        log(f"extrapolation skipped: only {n_big} molecules with 21-26 atoms in the database")
-    pool.wait()
+        pool.submit("default", arch=best, n_members=members)
+        res["default"] = str(out / "default")
+        if molecule:
+            pool.submit("molecule", arch=best, n_members=members, level="molecule")
+            res["molecule"] = str(out / "molecule")
+        res["noise_models"] = {"inf": str(out / "default")}
+        noise_settings = (settings if noise_max_seconds is None else
+                          dataclasses.replace(settings, max_seconds=float(noise_max_seconds)))
+        for n in noise_levels:
+            name = f"noise_{n:.0e}".replace("+0", "")
+            pool.submit(name, settings=noise_settings, arch=best, n_members=noise_members,
+                        noise=NoiseModel(counts=n))
+            res["noise_models"][f"{n:g}"] = str(out / name)
+        res["learning_curve_models"] = {}
+        for f in learning_curve:
+            name = f"lc_{f:g}"
+            pool.submit(name, arch=best, n_members=noise_members, train_fraction=f)
+            res["learning_curve_models"][f"{f:g}"] = str(out / name)
+        res["extrapolation_models"] = []
+        n_atoms = np.asarray(table.molecules["n_atoms"])
+        n_big = int(((n_atoms >= 21) & (n_atoms <= 26)).sum())
+        res["n_molecules_21_26_atoms"] = n_big
+        if extrapolation and n_big >= 5:
+            for kind in ("extrapolation", "extrapolation_18_20"):
+                pool.submit(kind, arch=best, n_members=noise_members, split=kind)
+                res["extrapolation_models"].append(str(out / kind))
+        elif extrapolation:
+            log(f"extrapolation skipped: only {n_big} molecules with 21-26 atoms in the database")
+        pool.wait()
+    except BaseException:
+        # an error, or an interrupt: start nothing more, and do not wait for the queue
+        pool.close(cancel=True)
+        raise
     pool.close()
     (out / "study.json").write_text(json.dumps(res, indent=2))
     if install:
