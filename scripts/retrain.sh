@@ -11,6 +11,10 @@
 # About 90 minutes on 2 cores for 18 k sites with the 256-wide network (of which the model
 # card's ~40 evaluations take about 3 CPU-minutes since 2026-11-26, 30 before); the 512-wide one
 # (wide_two_head_mlp) trains about 3x longer per member (renice a running database build to 19).
+# Measured at 43 k sites (2026-11-26, commit e9d5546, 2 cores, JOBS=2, no build beside it):
+# architecture comparison 49 min, default and molecule ensembles 58 min, the noise-trained
+# models 21 min per pair; about 3.3 h in all, more than a 3-hour session: stop it with Ctrl-C
+# (or SIGINT to its process group) between models and start it again with RETRAIN_COMMIT.
 # Training arithmetic bfloat16 (float32 weights; about 2x faster per epoch on CPUs with AVX-512
 # BF16, same validation MSE within the seed spread: docs/model_experiments.md). Weights averaged
 # over the steps (--ema-decay 0.999) since session 16: 1 % lower validation MSE per member,
