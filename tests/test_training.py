@@ -537,7 +537,6 @@ def test_a_database_of_two_recipes_is_trained_on_and_says_so(tiny_db, tmp_path):
         size_section(one, single, evaluate_model(one, single, split="all")))
 
 
-
 _STUDY_SCRIPT = """
 import sys
 from napari_corefit.training.loop import TrainSettings
@@ -551,24 +550,31 @@ run_study(sys.argv[1], sys.argv[2], archs=("paper_mlp", "two_head_mlp"), compare
 """
 
 
-def _children(pid):
-    """Pids of the live processes whose parent is ``pid`` (Linux /proc)."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
+def _stat(pid):
+    """State and parent pid of a process (Linux /proc), or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
 
 
 def _alive(pid):
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie only waits for its parent to reap it
+
+
+def _cmdline(pid):
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return False
+        return b""
+
+
+def _children(pid):
+    """Pids of the live processes whose parent is ``pid``."""
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*")
+            if _alive(p.name) and (_stat(p.name) or (None, None))[1] == pid]
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
@@ -590,8 +596,8 @@ def test_interrupting_a_study_ends_it_and_its_worker_processes(tiny_db, tmp_path
         workers = []
         while len(workers) < 2 and time.monotonic() < deadline:  # the pool's two trainers
             time.sleep(0.5)
-            workers = [p for p in _children(proc.pid)
-                       if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+            workers = [p for p in _children(proc.pid)  # the pool's, not multiprocessing's
+                       if b"resource_tracker" not in _cmdline(p)]
         assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else workers
         time.sleep(3)  # training now (spawned, imported torch, loaded the database)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
