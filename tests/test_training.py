@@ -183,6 +183,31 @@ def test_plateau_schedule_and_cosine_loss_options(rows):
     assert set(np.round(hist["lr"], 9)) <= {1e-3, 5e-4, 4e-4}
 
 
+def test_cosine_schedule_runs_the_rate_down_over_the_epochs(rows):
+    from napari_corefit.training.loop import _member_key, _member_name
+
+    arch = default_arch("paper_mlp")
+    settings = TrainSettings(epochs=20, lr=1e-3, batch_size=8, patience=20, device="cpu",
+                             lr_schedule="cosine", min_lr=1e-5)
+    _, hist = train_member(arch, rows, rows, settings, seed=0, progress=False)
+    lr = np.asarray(hist["lr"])
+    # epoch e trains at min_lr + (lr - min_lr) (1 + cos(pi e / epochs)) / 2
+    expect = 1e-5 + (1e-3 - 1e-5) * (1 + np.cos(np.pi * np.arange(20) / 20)) / 2
+    np.testing.assert_allclose(lr, expect, rtol=1e-6)
+    assert hist["best_val_loss"] < 0.5 * hist["val_loss"][0]
+    # off by default, and then not part of a member's key (members saved before it exist)
+    assert "lr_schedule" not in TrainSettings().to_dict()
+    keys = {_member_name(_member_key(arch, rows, rows, TrainSettings(lr_schedule=s), 0, None,
+                                     None)) for s in ("constant", "cosine")}
+    assert len(keys) == 2
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_member(arch, rows, rows, TrainSettings(epochs=1, lr_schedule="step"), seed=0,
+                     progress=False)
+    with pytest.raises(ValueError, match="exclude"):
+        train_member(arch, rows, rows, TrainSettings(epochs=1, lr_schedule="cosine",
+                                                     lr_decay=0.5), seed=0, progress=False)
+
+
 def test_bfloat16_training_learns_and_keeps_float32_weights(rows):
     arch = default_arch("paper_mlp")
     settings = TrainSettings(epochs=40, lr=1e-3, batch_size=8, patience=40, device="cpu",

@@ -51,6 +51,8 @@ def add_parser(subparsers):
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay "
                         "(e.g. 0.999; 0: off)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: the rate falls from --lr to 1e-5 over --epochs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
@@ -103,7 +105,7 @@ def _train(args):
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              patience=args.patience, seed=args.seed, device=args.device,
                              threads=args.threads, precision=args.precision,
-                             ema_decay=args.ema_decay,
+                             ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
                              max_seconds=None if args.max_minutes is None else
                              60.0 * args.max_minutes)
     from napari_corefit.training.dataset import default_preprocess_config

@@ -46,6 +46,10 @@ class TrainSettings:
     lr_decay: float = 1.0
     lr_patience: int = 30
     min_lr: float = 1e-5
+    #: ``"constant"`` (``lr``, or halved on plateaus with ``lr_decay`` < 1) or ``"cosine"``:
+    #: from ``lr`` down to ``min_lr`` along half a cosine period over ``epochs``, stepped every
+    #: epoch; ``epochs`` then sets the training's length, early stopping still applies
+    lr_schedule: str = "constant"
     #: weight of the mean (1 - cosine similarity) of each channel added to the MSE loss
     #: (0: the paper's plain MSE); the MSE of area-normalised curves is ~1e-3, 1 - cos ~0.05
     cosine_weight: float = 0.0
@@ -75,6 +79,8 @@ class TrainSettings:
         # they existed keep their keys (and are reused, not trained again)
         if not d["ema_decay"]:
             del d["ema_decay"]
+        if d["lr_schedule"] == "constant":
+            del d["lr_schedule"]
         return d
 
 
@@ -159,7 +165,16 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
     judged = net if ema is None else ema.module
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = None
-    if settings.lr_decay < 1.0:
+    if settings.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
+                         f"{settings.lr_schedule!r}")
+    if settings.lr_schedule == "cosine":
+        if settings.lr_decay < 1.0:
+            raise ValueError("lr_decay (plateau halving) and the cosine schedule exclude "
+                             "each other")
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, settings.epochs), eta_min=settings.min_lr)
+    elif settings.lr_decay < 1.0:
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=settings.lr_decay, patience=settings.lr_patience,
             min_lr=settings.min_lr)
@@ -203,8 +218,10 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
         vl = _val_loss(judged, x_val, y_val, device)
         hist["val_loss"].append(vl)
         hist["lr"].append(opt.param_groups[0]["lr"])
-        if sched is not None:
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(vl)
+        elif sched is not None:
+            sched.step()
         if vl < best:
             best, best_epoch = vl, epoch
             best_state = copy.deepcopy(judged.state_dict())

@@ -307,6 +307,9 @@ def main(argv=None):
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="train on a moving average of the weights (TrainSettings.ema_decay)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: the rate falls from --lr to 1e-5 over --epochs "
+                   "(TrainSettings.lr_schedule)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--install", action="store_true",
@@ -332,6 +335,7 @@ def main(argv=None):
     settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                              patience=a.patience, seed=a.seed, device=a.device,
                              threads=a.threads, precision=a.precision, ema_decay=a.ema_decay,
+                             lr_schedule=a.lr_schedule,
                              max_seconds=None if a.max_minutes is None else 60 * a.max_minutes)
     levels = tuple(float(x) for x in a.noise_levels.split(",") if x.strip())
     res = run_study(a.db, a.out, archs=tuple(a.archs.split(",")),
