@@ -486,6 +486,58 @@ def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_pa
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+
+def test_quick_retrain_carries_the_side_studies_of_an_earlier_card(tiny_db, tmp_path):
+    from napari_corefit.backend import load_database
+    from napari_corefit.training.carry import carried_section, read_sections
+    from napari_corefit.training.evaluate import evaluate_model
+    from napari_corefit.model.checkpoint import load_model
+    from napari_corefit.training.study import run_study
+
+    kw = dict(members=2, molecule=False, progress=False,
+              settings=TrainSettings(epochs=3, device="cpu", threads=1))
+    old = tmp_path / "docs" / "MODEL_CARD.md"
+    run_study(tiny_db, tmp_path / "full", archs=("paper_mlp",), compare_members=1,
+              noise_levels=(1e3,), learning_curve=(0.5,), extrapolation=False, card=old,
+              images=tmp_path / "docs" / "images", noise_max_seconds=600, **kw)
+    new = tmp_path / "new" / "MODEL_CARD.md"
+    res = run_study(tiny_db, tmp_path / "quick", archs=("paper_mlp",), card=new,
+                    images=tmp_path / "new" / "images", carry_from=old, noise_levels=(1e3,),
+                    learning_curve=(0.5,), **kw)
+    # only the default ensemble was trained
+    assert sorted(p.name for p in (tmp_path / "quick").iterdir() if p.is_dir()) == \
+        ["default", "member-cache"]
+    assert res["carried_from"] == str(old) and res["chosen_arch"] == "paper_mlp"
+    before, after = read_sections(old), read_sections(new)
+    for title in ("Architectures compared (same split, same database, noise-free)",
+                  "Noise study", "Learning curve", "Extrapolation to larger molecules"):
+        note, *body = [line for line in after[title] if line.strip()]
+        assert note.startswith("> Carried over unchanged from the model card of 20")
+        kept = [line for line in before[title] if line.strip() and "](" not in line]
+        assert [line for line in body if "](" not in line] == kept
+    # the carried plots are linked from the new card's folder
+    link = next(line for line in after["Noise study"] if line.startswith("![noise study]("))
+    assert link == "![noise study](../docs/images/model_noise.png)"
+    assert (new.parent / link[len("![noise study]("):-1]).is_file()
+    # the new card's own numbers are its new default's
+    s = evaluate_model(load_model(tmp_path / "quick" / "default"), load_database(tiny_db),
+                       split="test").summary
+    assert f"| {s['n_sites']} | {s['n_molecules']} | {s['mse_occupied']:.4g} |" in \
+        "\n".join(after["Test metrics"])
+    # carried again, a section keeps the note that says where it was measured
+    again = carried_section(new, "Noise study", tmp_path / "third" / "MODEL_CARD.md")
+    assert sum(line.startswith("> Carried over") for line in again) == 1
+    assert [line for line in again if line.strip()][1] == \
+        [line for line in after["Noise study"] if line.strip()][0]
+    with pytest.raises(ValueError, match="one architecture"):
+        run_study(tiny_db, tmp_path / "x", archs=("paper_mlp", "two_head_mlp"),
+                  carry_from=old, **kw)
+    bare = tmp_path / "bare.md"
+    bare.write_text("# card\n\n## Noise study\n\ntext\n")
+    with pytest.raises(ValueError, match="no section to carry"):
+        run_study(tiny_db, tmp_path / "y", archs=("paper_mlp",), carry_from=bare, **kw)
+
+
 def test_training_subsets_are_nested_and_rebuilt_from_the_checkpoint_settings():
     from napari_corefit.training.splits import make_split, split_from_dict, subsample_train
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_corefit.model.checkpoint import load_model
+from napari_corefit.training.carry import CARRIABLE, carried_section
 from napari_corefit.training.evaluate import evaluate_model, reuse_rows
 from napari_corefit.training.metrics import median_interval
 from napari_corefit.training.noise import NoiseModel, parse_counts
@@ -570,7 +571,7 @@ def _goal_text(measured, goal, what, interval=None):
 def write_model_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
                      extrapolation_models=None, arch_models=None, notes=None, history_dir=None,
                      reproduce=None, learning_curve_models=None, arch_choice=None,
-                     beyond_db=None, previous_model=None):
+                     beyond_db=None, previous_model=None, carry_from=None):
     """Evaluate the given checkpoints on a database and write the model card and its plots.
 
     Parameters
@@ -606,6 +607,10 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
     previous_model : path, optional
         The checkpoint this model replaces (e.g. the bundled default before a retrain), scored
         on the same test sites by molecule size.
+    carry_from : path, optional
+        An earlier model card: its architecture comparison, noise study, learning curve and
+        extrapolation sections are carried over, labelled, where this call gives no models for
+        them (:mod:`napari_corefit.training.carry`).
     """
     # the card scores ~40 checkpoints, most on the same test rows: broaden them once
     with reuse_rows():
@@ -614,17 +619,21 @@ def write_model_card(db, model_dir, out, images, molecule_model=None, noise_mode
                            extrapolation_models=extrapolation_models, arch_models=arch_models,
                            notes=notes, history_dir=history_dir, reproduce=reproduce,
                            learning_curve_models=learning_curve_models, arch_choice=arch_choice,
-                           beyond_db=beyond_db, previous_model=previous_model)
+                           beyond_db=beyond_db, previous_model=previous_model,
+                           carry_from=carry_from)
 
 
 def _write_card(db, model_dir, out, images, molecule_model=None, noise_models=None,
                extrapolation_models=None, arch_models=None, notes=None, history_dir=None,
                reproduce=None, learning_curve_models=None, arch_choice=None,
-               beyond_db=None, previous_model=None):
+               beyond_db=None, previous_model=None, carry_from=None):
     from napari_corefit.backend import load_database
     from napari_corefit.training.dataset import build_curves
 
     out, images = Path(out), Path(images)
+    if carry_from is not None:
+        # read before anything is written: the earlier card may be the file this call replaces
+        carried = {prefix: carried_section(carry_from, prefix, out) for prefix in CARRIABLE}
     table = load_database(db)
     m = load_model(model_dir)
     cfg = m.config
@@ -760,6 +769,8 @@ def _write_card(db, model_dir, out, images, molecule_model=None, noise_models=No
         if arch_choice:
             L += [f"Chosen on the validation molecules (the test rows above were not used for "
                   f"the choice): {arch_choice}.", ""]
+    elif carry_from is not None:
+        L += carried["Architectures compared"]
 
     if noise_models:
         models = {n: load_model(d) for n, d in noise_models.items()}
@@ -789,10 +800,14 @@ def _write_card(db, model_dir, out, images, molecule_model=None, noise_models=No
               f"{unusable}.", ""]
         L += _time_capped_note(models)
         L += [f"![noise study]({rel(images / 'model_noise.png')})", ""]
+    elif carry_from is not None:
+        L += carried["Noise study"]
 
     if learning_curve_models:
         L += learning_curve_section(learning_curve_models, table,
                                     images / "model_learning_curve.png", rel)
+    elif carry_from is not None:
+        L += carried["Learning curve"]
 
     if extrapolation_models:
         L += ["## Extrapolation to larger molecules", "",
@@ -813,7 +828,8 @@ def _write_card(db, model_dir, out, images, molecule_model=None, noise_models=No
                      f"{paper} |")
         L += ["", "The paper's numbers are its own MSE scale (not specified); compare the ratio "
               "of the two rows, not the values.", ""]
-
+    elif carry_from is not None:
+        L += carried["Extrapolation to larger molecules"]
     else:
         n_atoms = np.asarray(table.molecules["n_atoms"])
         n_big = int(((n_atoms >= 21) & (n_atoms <= 26)).sum())
@@ -889,6 +905,9 @@ def main(argv=None):
     p.add_argument("--beyond-db", help="database of molecules outside the training domain")
     p.add_argument("--previous-model", help="the checkpoint this one replaces, scored on the "
                    "same test sites")
+    p.add_argument("--carry-from", help="an earlier card whose side studies (architectures, "
+                   "noise, learning curve, extrapolation) are carried over where no models "
+                   "are given for them")
     p.add_argument("--out", default="docs/MODEL_CARD.md")
     p.add_argument("--images", default="docs/images")
     a = p.parse_args(argv)
@@ -897,7 +916,8 @@ def main(argv=None):
                             extrapolation_models=a.extrapolation_model,
                             arch_models=_pairs(a.arch_model, str), notes=a.notes,
                             learning_curve_models=_pairs(a.learning_curve_model, float),
-                            beyond_db=a.beyond_db, previous_model=a.previous_model)
+                            beyond_db=a.beyond_db, previous_model=a.previous_model,
+                            carry_from=a.carry_from)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

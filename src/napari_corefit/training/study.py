@@ -34,6 +34,7 @@ import numpy as np
 
 from napari_corefit.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, default_model_dir,
                                              load_model, save_model)
+from napari_corefit.training.carry import CARRIABLE, card_origin, read_sections
 from napari_corefit.training.loop import TrainSettings
 from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.train import train_model
@@ -183,12 +184,27 @@ class _Trainer:
             self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
+def _compare_architectures(pool, out, archs, compare_members, res):
+    """Train ``compare_members`` members of each architecture; return (chosen, why)."""
+    for arch in archs:
+        pool.submit(f"arch_{arch}", arch=arch, n_members=compare_members)
+    done = pool.wait()
+    losses = {arch: _member_losses(done[f"arch_{arch}"]) for arch in archs}
+    for arch in archs:
+        res["arch_models"][arch] = str(out / f"arch_{arch}")
+        pool.log(f"{arch}: mean validation MSE {losses[arch].mean():.4g}")
+    best, why = choose_architecture(losses)
+    scores = {a: float(v.mean()) for a, v in losses.items()}
+    res.update(arch_validation_mse=scores, chosen_arch=best, chosen_because=why)
+    return best, why
+
+
 def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_members=2,
               members=5, noise_levels=(1e2, 1e3, 1e4, 1e5), noise_members=1, molecule=True,
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
               jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None,
-              previous_model=None, noise_max_seconds=None):
+              previous_model=None, noise_max_seconds=None, carry_from=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
@@ -200,10 +216,22 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     the new default replaces) is scored in the card on the same test sites, by molecule size.
     ``noise_max_seconds`` replaces the per-member time limit of the noise-trained models: a
     fresh noise draw every epoch keeps them improving for longer than noise-free members.
+    ``carry_from`` (an earlier model card) makes a quick retrain: only the default and
+    molecule-level ensembles of the one architecture in ``archs`` are trained, and the card
+    carries that card's architecture comparison, noise study, learning curve and extrapolation
+    sections, labelled (:mod:`napari_corefit.training.carry`).
     """
     from napari_corefit.backend import load_database
 
     out = Path(out)
+    if carry_from is not None:
+        if len(archs) != 1:
+            raise ValueError(f"a quick retrain (carry_from) trains one architecture, the one "
+                             f"the carried card chose; got {list(archs)}")
+        carried = read_sections(carry_from)
+        missing = [p for p in CARRIABLE if not any(t.startswith(p) for t in carried)]
+        if missing:
+            raise ValueError(f"{carry_from}: no section to carry for {missing}")
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or TrainSettings()
     table = load_database(db)
@@ -214,16 +242,11 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     pool = _Trainer(db, out, table, settings, jobs=jobs, resume=resume, progress=progress)
     log = pool.log
     try:
-        for arch in archs:
-            pool.submit(f"arch_{arch}", arch=arch, n_members=compare_members)
-        done = pool.wait()
-        losses = {arch: _member_losses(done[f"arch_{arch}"]) for arch in archs}
-        for arch in archs:
-            res["arch_models"][arch] = str(out / f"arch_{arch}")
-            log(f"{arch}: mean validation MSE {losses[arch].mean():.4g}")
-        best, why = choose_architecture(losses)
-        scores = {a: float(v.mean()) for a, v in losses.items()}
-        res.update(arch_validation_mse=scores, chosen_arch=best, chosen_because=why)
+        if carry_from is None:
+            best, why = _compare_architectures(pool, out, archs, compare_members, res)
+        else:
+            best, why = archs[0], f"as chosen by {card_origin(carry_from)} (carried over)"
+            res.update(chosen_arch=best, chosen_because=why, carried_from=str(carry_from))
         log(f"chosen architecture: {best} ({why})")
 
         pool.submit("default", arch=best, n_members=members)
@@ -231,7 +254,10 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         if molecule:
             pool.submit("molecule", arch=best, n_members=members, level="molecule")
             res["molecule"] = str(out / "molecule")
-        res["noise_models"] = {"inf": str(out / "default")}
+        if carry_from is not None:
+            # the side studies come from the carried card: nothing more to train
+            noise_levels, learning_curve, extrapolation = (), (), False
+        res["noise_models"] = {} if carry_from is not None else {"inf": str(out / "default")}
         noise_settings = (settings if noise_max_seconds is None else
                           dataclasses.replace(settings, max_seconds=float(noise_max_seconds)))
         for n in noise_levels:
@@ -280,7 +306,7 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
                                                 res["learning_curve_models"].items()},
                          history_dir=res["default"], reproduce=command,
                          arch_choice=f"`{best}`, {why}", beyond_db=beyond_db,
-                         previous_model=previous_model)
+                         previous_model=previous_model, carry_from=carry_from)
     return res
 
 
@@ -331,6 +357,10 @@ def main(argv=None):
                    "the bundled one), scored in the card on the same test sites")
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many independent models at once, one process each")
+    p.add_argument("--carry-from", default=None, metavar="CARD",
+                   help="quick retrain: train only the default and molecule ensembles (one "
+                   "architecture, --archs) and carry the side studies of this earlier model "
+                   "card into the new one, labelled")
     a = p.parse_args(argv)
     settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                              patience=a.patience, seed=a.seed, device=a.device,
@@ -345,7 +375,7 @@ def main(argv=None):
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
                     beyond_db=a.beyond_db, previous_model=a.previous_model,
-                    noise_max_seconds=None if a.noise_max_minutes is None else
+                    carry_from=a.carry_from, noise_max_seconds=None if a.noise_max_minutes is None else
                     60 * a.noise_max_minutes,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
