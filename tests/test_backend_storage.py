@@ -114,6 +114,60 @@ def test_interrupt_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path, si
     assert _journal_count(db) >= done >= 1
 
 
+
+def _pool_workers(pid):
+    """PIDs of the child processes of ``pid``, its pool's forked workers (read from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_killed_worker_costs_only_its_molecules(tmp_path):
+    # the kernel's out-of-memory killer ended a worker, and with the broken pool the whole build
+    # (2026-12-03); now a new pool computes the molecules that were in flight
+    smiles = SMILES + ["CCC", "CCO", "CC=O", "CCCC"]
+    smiles_file = tmp_path / "mols.smi"
+    smiles_file.write_text("\n".join(f"{s} m{i}" for i, s in enumerate(smiles)) + "\n")
+    db = tmp_path / "db"
+    proc = _start(smiles_file, db, workers=2)
+    t0 = time.time()
+    while _journal_count(db) < 1 and time.time() - t0 < 300 and proc.poll() is None:
+        time.sleep(0.05)
+    workers = _pool_workers(proc.pid)
+    assert workers and proc.poll() is None
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"a worker process died" in err
+    table = load_database(db)
+    keys = list(table.molecules["key"])
+    assert len(keys) == len(set(keys)) == len(smiles)  # every molecule, once
+    assert table.sites["ok"].all()
+
+
+
+def test_workers_are_replaced_every_few_molecules(tmp_path, monkeypatch):
+    # a long-lived worker's memory only grows (7.4 GB after ~25 large molecules)
+    from napari_corefit.backend import runner
+
+    monkeypatch.setattr(runner, "WORKER_MOLECULES", 1)
+    made = []
+    new = runner._Pools._new
+    monkeypatch.setattr(runner._Pools, "_new", lambda self: made.append(1) or new(self))
+    mols = [Molecule.from_smiles(s, optimise="mmff") for s in ("C", "CC", "C=C", "CO", "C#N")]
+    stats = runner.build_database(mols, tmp_path / "db", workers=2, progress=False)
+    assert stats["computed"] == 5 and stats["failed_sites"] == 0
+    assert len(made) == 3  # 2 molecules a pool (1 per worker): pools for 1-2, 3-4, 5
+    table = load_database(tmp_path / "db")
+    assert len(set(table.molecules["key"])) == 5 and table.sites["ok"].all()
+
+
 def test_dask_runner_matches_local(tmp_path):
     distributed = pytest.importorskip("distributed")
     from napari_corefit.backend.runner import build_database

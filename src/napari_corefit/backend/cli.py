@@ -142,6 +142,9 @@ def _molecules(args):
 
 
 def _interrupt(signum, frame):
+    from napari_corefit.backend.runner import STOP
+
+    STOP.set()  # for the pool loop, should the exception below be swallowed (runner.STOP)
     raise KeyboardInterrupt
 
 
