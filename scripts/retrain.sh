@@ -25,11 +25,13 @@
 #   RETRAIN_COMMIT=<short hash> PY=python3 JOBS=12 DEVICE=cuda NO_BENCH=1 bash scripts/retrain.sh
 # (the end-to-end benchmark needs HyperSpy: run it afterwards here, `NO_STUDY=1`).
 #
-# QUICK=1: a quick retrain that fits a session on 2 cores (about 80 minutes at 43 k sites): only
+# QUICK=1: a quick retrain that fits a session on 2 idle cores (~90 minutes at 43 k sites): only
 # the default and molecule-level ensembles of wide_two_head_mlp are trained, and the model card
 # carries the architecture comparison, noise study, learning curve and extrapolation sections of
 # the committed card, each labelled with the card, commit and database size that measured them
 # (napari_corefit.training.carry). The full study refreshes them when a session has the time.
+# Run it with no database build beside it: a build started with setsid is a scheduling group of
+# its own, which `renice` does not hold back (`echo 19 > /proc/<PID>/autogroup` does).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
