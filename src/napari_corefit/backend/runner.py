@@ -79,10 +79,12 @@ class _CpuLimit:
 _THREADS = 1
 
 #: molecules a worker process computes before a fresh one replaces it. A long-lived worker's
-#: memory only grows (measured 2026-12-03 on 21-26-atom QM9 molecules: ~0.15 GB a molecule, to
-#: 7.4 GB after ~25, when the kernel's out-of-memory killer ended it and with it the build); a
-#: new process costs ~2 s of imports, against 30-60 s for such a molecule.
-WORKER_MOLECULES = 8
+#: memory only grows (measured 2026-12-03 on 21-26-atom QM9 molecules: 0.75 GB fresh, 3.0 GB
+#: after ~5 molecules, 4.4 GB after ~7, and 7.4 GB after ~25, when the kernel's out-of-memory
+#: killer ended it and with it the build; the heap, not a cache of ours: the only module-level
+#: one, fastscf's grid points, holds four molecules). A fresh worker is a fork of the parent,
+#: milliseconds against the 30-60 s of such a molecule.
+WORKER_MOLECULES = 4
 
 #: a molecule in flight when its pool's workers died this many times is left for a later build
 #: (a worker killed from outside, e.g. for memory, breaks the whole pool: every molecule in
