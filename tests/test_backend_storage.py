@@ -92,11 +92,8 @@ def test_kill_and_resume(tmp_path):
     assert b'"computed": 0' in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path, sig):
-    # more molecules than the build can finish between the first journal entry and the signal,
-    # even on a loaded machine (the interrupt stops it long before the larger ones)
-    smiles = SMILES + ["CCC", "CCO", "CC=O", "CCCC", "CC(C)O", "c1ccccc1"]
+def _start_past_first_molecule(tmp_path, smiles):
+    """A 2-worker build of ``smiles``, returned once its first molecule is journalled."""
     smiles_file = tmp_path / "mols.smi"
     smiles_file.write_text("\n".join(f"{s} m{i}" for i, s in enumerate(smiles)) + "\n")
     db = tmp_path / "db"
@@ -104,6 +101,15 @@ def test_interrupt_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path, si
     t0 = time.time()
     while _journal_count(db) < 1 and time.time() - t0 < 300 and proc.poll() is None:
         time.sleep(0.05)
+    return proc, db
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path, sig):
+    # more molecules than the build can finish between the first journal entry and the signal,
+    # even on a loaded machine (the interrupt stops it long before the larger ones)
+    smiles = SMILES + ["CCC", "CCO", "CC=O", "CCCC", "CC(C)O", "c1ccccc1"]
+    proc, db = _start_past_first_molecule(tmp_path, smiles)
     done = _journal_count(db)
     proc.send_signal(sig)  # to the parent only, as `kill PID` does
     proc.communicate(timeout=20)  # not minutes: molecules in progress are dropped
@@ -112,7 +118,6 @@ def test_interrupt_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path, si
     with pytest.raises(ProcessLookupError):  # no worker left behind in the session
         os.killpg(proc.pid, 0)
     assert _journal_count(db) >= done >= 1
-
 
 
 def _pool_workers(pid):
@@ -132,13 +137,7 @@ def test_a_killed_worker_costs_only_its_molecules(tmp_path):
     # the kernel's out-of-memory killer ended a worker, and with the broken pool the whole build
     # (2026-12-03); now a new pool computes the molecules that were in flight
     smiles = SMILES + ["CCC", "CCO", "CC=O", "CCCC"]
-    smiles_file = tmp_path / "mols.smi"
-    smiles_file.write_text("\n".join(f"{s} m{i}" for i, s in enumerate(smiles)) + "\n")
-    db = tmp_path / "db"
-    proc = _start(smiles_file, db, workers=2)
-    t0 = time.time()
-    while _journal_count(db) < 1 and time.time() - t0 < 300 and proc.poll() is None:
-        time.sleep(0.05)
+    proc, db = _start_past_first_molecule(tmp_path, smiles)
     workers = _pool_workers(proc.pid)
     assert workers and proc.poll() is None
     os.kill(workers[0], signal.SIGKILL)
