@@ -208,6 +208,26 @@ def test_cosine_schedule_runs_the_rate_down_over_the_epochs(rows):
                                                      lr_decay=0.5), seed=0, progress=False)
 
 
+
+def test_time_limit_counts_cpu_time_on_the_cpu(rows, monkeypatch):
+    # a wall clock that races ahead (a machine busy with other work) does not stop a CPU member
+    from napari_corefit.training import loop
+
+    wall = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(wall)))
+    settings = TrainSettings(epochs=5, lr=1e-3, batch_size=8, patience=5, device="cpu",
+                             max_seconds=100.0)
+    _, hist = train_member(default_arch("paper_mlp"), rows, rows, settings, seed=0,
+                           progress=False)
+    assert hist["stopped"] == "epochs" and hist["epochs_run"] == 5
+    # while its own CPU time counts
+    cpu = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(loop.time, "process_time", lambda: float(next(cpu)))
+    _, hist = train_member(default_arch("paper_mlp"), rows, rows, settings, seed=0,
+                           progress=False)
+    assert hist["stopped"] == "time" and hist["epochs_run"] == 1
+
+
 def test_bfloat16_training_learns_and_keeps_float32_weights(rows):
     arch = default_arch("paper_mlp")
     settings = TrainSettings(epochs=40, lr=1e-3, batch_size=8, patience=40, device="cpu",

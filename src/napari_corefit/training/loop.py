@@ -57,7 +57,10 @@ class TrainSettings:
     device: str = "auto"
     #: draw fresh noisy inputs every this many epochs (noise training only)
     renoise_every: int = 1
-    #: stop a member after this many seconds (None: no limit); recorded as ``stopped: "time"``
+    #: stop a member after this many seconds (None: no limit); recorded as ``stopped: "time"``.
+    #: CPU seconds of the training process on a CPU device, so that a machine busy with other
+    #: work does not cut a member short (session 21: a 40-minute wall-clock limit stopped two
+    #: members after 285 epochs while a build took half their cores); wall seconds on a GPU
     max_seconds: float | None = None
     #: torch CPU threads (None: torch's default). One thread is several times faster for these
     #: small networks on a machine whose cores are busy with other work.
@@ -190,6 +193,8 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
 
     hist = {"train_loss": [], "val_loss": [], "lr": []}
     best, best_state, best_epoch, t0 = np.inf, None, -1, time.perf_counter()
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    c0 = clock()
     stopped = "epochs"
     bar = tqdm(range(settings.epochs), desc=desc, file=sys.stderr, disable=not progress,
                leave=False, dynamic_ncols=True)
@@ -230,7 +235,7 @@ def train_member(arch, train: CurveSet, val: CurveSet, settings: TrainSettings, 
         if epoch - best_epoch >= settings.patience:
             stopped = "early"
             break
-        if settings.max_seconds is not None and time.perf_counter() - t0 > settings.max_seconds:
+        if settings.max_seconds is not None and clock() - c0 > settings.max_seconds:
             stopped = "time"
             break
     bar.close()
