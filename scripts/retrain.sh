@@ -30,8 +30,8 @@
 # carries the architecture comparison, noise study, learning curve and extrapolation sections of
 # the committed card, each labelled with the card, commit and database size that measured them
 # (napari_corefit.training.carry). The full study refreshes them when a session has the time.
-# Run it with no database build beside it: a build started with setsid is a scheduling group of
-# its own, which `renice` does not hold back (`echo 19 > /proc/<PID>/autogroup` does).
+# Run it with no database build beside it (PAUSE_BUILDS=1 pauses them for the run): a build
+# started with setsid is a scheduling group of its own, which `renice` does not hold back.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
@@ -44,6 +44,17 @@ else
     commit=${RETRAIN_COMMIT:?"no git here: set RETRAIN_COMMIT to the commit of this copy"}
     committed() { find "$1" -maxdepth 1 -type f | sort; }
     show() { cat "$1"; }
+fi
+# PAUSE_BUILDS=1: stop the database builds running here (SIGSTOP) while this runs, and let them
+# go on when it ends, however it ends (their molecule limits count CPU time, not wall time)
+if [ -n "${PAUSE_BUILDS:-}" ]; then
+    builds=$(pgrep -f "corefit db build" || true)
+    if [ -n "$builds" ]; then
+        # shellcheck disable=SC2086
+        kill -STOP $builds
+        trap 'kill -CONT '"$(echo $builds)"' 2>/dev/null || true' EXIT
+        echo "paused database builds: $(echo $builds)" >&2
+    fi
 fi
 snap=work-tmp/db-$commit
 out=work-tmp/study-$commit
