@@ -113,10 +113,9 @@ at $commit, so that the build running beside it could not change the database un
 fingerprint above identifies those parts."
 
 if [ -n "${QUICK:-}" ]; then
-    # the committed card, as the commit has it: the study overwrites docs/MODEL_CARD.md
-    show docs/MODEL_CARD.md > "work-tmp/card-carried-$commit.md"
-    # relative links of the carried sections resolve from docs/, where the card was
-    cp "work-tmp/card-carried-$commit.md" "docs/.card-carried.md"
+    # the committed card, as the commit has it (the study overwrites docs/MODEL_CARD.md), kept
+    # in docs/ so that the relative links of the carried sections resolve as they did
+    show docs/MODEL_CARD.md > docs/.card-carried.md
     study_args=(--archs wide_two_head_mlp --carry-from docs/.card-carried.md --max-minutes 40)
     out=work-tmp/quick-$commit
 else

@@ -358,10 +358,7 @@ class _Pools:
 
     def submit(self, *args):
         if self.count >= self.workers * WORKER_MOLECULES:
-            self.pool.shutdown(wait=False)  # it finishes its molecules, then its workers exit
-            live = set(self.owner.values())
-            self.old = [p for p in self.old if p in live] + [self.pool]
-            self.pool, self.count = self._new(), 0
+            self._replace(cancel=False)  # it finishes its molecules, then its workers exit
         try:
             fut = self.pool.submit(*args)
         except BrokenProcessPool:  # a worker died since the last wait: a new pool takes it
@@ -373,15 +370,14 @@ class _Pools:
         return fut
 
     def renew(self):
-        """Replace the current pool (a worker of some pool died); drop finished old pools."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.old.append(self.pool)
+        """Replace the current pool after a worker of some pool died."""
+        self._replace(cancel=True)
+
+    def _replace(self, cancel):
+        self.pool.shutdown(wait=False, cancel_futures=cancel)
+        live = set(self.owner.values())  # pools with molecules still in flight
+        self.old = [p for p in self.old if p in live] + [self.pool]
         self.pool, self.count = self._new(), 0
-        live = set(self.owner.values())
-        for p in self.old:
-            if p not in live:
-                p.shutdown(wait=False, cancel_futures=True)
-        self.old = [p for p in self.old if p in live]
 
     def kill(self):
         pools = [*self.old, self.pool]
