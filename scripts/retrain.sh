@@ -30,6 +30,8 @@
 # carries the architecture comparison, noise study, learning curve and extrapolation sections of
 # the committed card, each labelled with the card, commit and database size that measured them
 # (napari_corefit.training.carry). The full study refreshes them when a session has the time.
+# ARCH=<name> ARCH_REASON="<measurement>" trains another architecture than the carried card's
+# choice (session 23: deep_wide_two_head_mlp, docs/model_experiments.md).
 # Run it with no database build beside it (PAUSE_BUILDS=1 pauses them for the run): a build
 # started with setsid is a scheduling group of its own, which `renice` does not hold back.
 set -euo pipefail
@@ -116,10 +118,15 @@ if [ -n "${QUICK:-}" ]; then
     # the committed card, as the commit has it (the study overwrites docs/MODEL_CARD.md), kept
     # in docs/ so that the relative links of the carried sections resolve as they did
     show docs/MODEL_CARD.md > docs/.card-carried.md
-    study_args=(--archs wide_two_head_mlp --carry-from docs/.card-carried.md --max-minutes 40)
+    # ARCH: the architecture to train, by default the carried card's choice; another one needs
+    # ARCH_REASON, the measurement that chose it, which the card prints
+    study_args=(--archs "${ARCH:-wide_two_head_mlp}" --carry-from docs/.card-carried.md
+                --max-minutes 40)
+    if [ -n "${ARCH_REASON:-}" ]; then study_args+=(--arch-reason "$ARCH_REASON"); fi
     out=work-tmp/quick-$commit
 else
-    study_args=(--archs paper_mlp,two_head_mlp,wide_two_head_mlp --max-minutes 25)
+    study_args=(--archs paper_mlp,two_head_mlp,wide_two_head_mlp,deep_wide_two_head_mlp
+                --max-minutes 25)
 fi
 [ -n "${NO_STUDY:-}" ] || "$PY" -m napari_corefit.training.study --db "$snap" --out "$out" \
     "${study_args[@]}" --threads 1 --jobs "${JOBS:-2}" \

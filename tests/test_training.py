@@ -556,6 +556,15 @@ def test_quick_retrain_carries_the_side_studies_of_an_earlier_card(tiny_db, tmp_
     bare.write_text("# card\n\n## Noise study\n\ntext\n")
     with pytest.raises(ValueError, match="no section to carry"):
         run_study(tiny_db, tmp_path / "y", archs=("paper_mlp",), carry_from=bare, **kw)
+    # another architecture than the carried card's choice, with the measurement that says why
+    why = "one member's validation MSE 3.6 % below the carried choice's (session notes)"
+    res = run_study(tiny_db, tmp_path / "other", archs=("two_head_mlp",), carry_from=old,
+                    arch_reason=why, card=tmp_path / "other" / "MODEL_CARD.md", **kw)
+    assert res["chosen_arch"] == "two_head_mlp" and res["chosen_because"] == why
+    assert f"Architecture of this model: `two_head_mlp`, {why}." in \
+        (tmp_path / "other" / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="arch_reason is for a quick retrain"):
+        run_study(tiny_db, tmp_path / "z", archs=("paper_mlp",), arch_reason=why, **kw)
 
 
 def test_training_subsets_are_nested_and_rebuilt_from_the_checkpoint_settings():

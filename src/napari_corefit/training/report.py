@@ -683,7 +683,10 @@ def _write_card(db, model_dir, out, images, molecule_model=None, noise_models=No
           f"- Architecture: `{cfg['arch']['name']}` ({cfg['arch']}), ensemble of "
           f"{cfg['n_members']} members (seeds {tr.get('seed', 0)}…"
           f"{tr.get('seed', 0) + cfg['n_members'] - 1}); the members' spread is the σ shown by "
-          "the engine.",
+          "the engine." + (
+              # a quick retrain carries the comparison; why this architecture is its own line
+              f" Architecture of this model: {arch_choice}." if carry_from is not None
+              and arch_choice else ""),
           f"- Training: Adam, learning rate {tr.get('lr')}, batch {tr.get('batch_size')}, MSE, "
           + (f"weights averaged over the steps (exponential moving average, decay "
              f"{tr['ema_decay']:g}: the average is validated and kept), " if tr.get("ema_decay")

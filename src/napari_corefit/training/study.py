@@ -204,7 +204,7 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
               jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None,
-              previous_model=None, noise_max_seconds=None, carry_from=None):
+              previous_model=None, noise_max_seconds=None, carry_from=None, arch_reason=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
@@ -219,7 +219,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     ``carry_from`` (an earlier model card) makes a quick retrain: only the default and
     molecule-level ensembles of the one architecture in ``archs`` are trained, and the card
     carries that card's architecture comparison, noise study, learning curve and extrapolation
-    sections, labelled (:mod:`napari_corefit.training.carry`).
+    sections, labelled (:mod:`napari_corefit.training.carry`). Its architecture is the carried
+    card's choice unless ``arch_reason`` says why another one (measured since) is trained.
     """
     from napari_corefit.backend import load_database
 
@@ -232,6 +233,9 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         missing = [p for p in CARRIABLE if not any(t.startswith(p) for t in carried)]
         if missing:
             raise ValueError(f"{carry_from}: no section to carry for {missing}")
+    elif arch_reason is not None:
+        raise ValueError("arch_reason is for a quick retrain (carry_from); a full study "
+                         "chooses its architecture by the comparison")
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or TrainSettings()
     table = load_database(db)
@@ -245,7 +249,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         if carry_from is None:
             best, why = _compare_architectures(pool, out, archs, compare_members, res)
         else:
-            best, why = archs[0], f"as chosen by {card_origin(carry_from)} (carried over)"
+            best = archs[0]
+            why = arch_reason or f"as chosen by {card_origin(carry_from)} (carried over)"
             res.update(chosen_arch=best, chosen_because=why, carried_from=str(carry_from))
         log(f"chosen architecture: {best} ({why})")
 
@@ -361,6 +366,9 @@ def main(argv=None):
                    help="quick retrain: train only the default and molecule ensembles (one "
                    "architecture, --archs) and carry the side studies of this earlier model "
                    "card into the new one, labelled")
+    p.add_argument("--arch-reason", default=None, metavar="TEXT",
+                   help="quick retrain of an architecture other than the carried card's "
+                   "choice: why (a measurement since), printed on the card")
     a = p.parse_args(argv)
     settings = TrainSettings(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                              patience=a.patience, seed=a.seed, device=a.device,
@@ -375,7 +383,7 @@ def main(argv=None):
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
                     beyond_db=a.beyond_db, previous_model=a.previous_model,
-                    carry_from=a.carry_from, noise_max_seconds=None if a.noise_max_minutes is None else
+                    carry_from=a.carry_from, arch_reason=a.arch_reason, noise_max_seconds=None if a.noise_max_minutes is None else
                     60 * a.noise_max_minutes,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
