@@ -40,11 +40,18 @@ PY=${PY:-.venv/bin/python}
 if git rev-parse --git-dir > /dev/null 2>&1; then
     commit=${RETRAIN_COMMIT:-$(git rev-parse --short HEAD)}
     committed() { git ls-tree -r --name-only "$commit" "$1"; }
-    show() { git show "$commit:$1"; }
+    # FROM_COMMIT: the commit whose bundled model is the "previous" one and whose card a quick
+    # retrain carries, when the database snapshot is an older commit's (a retrain of another
+    # architecture on the installed model's own database: RETRAIN_COMMIT=<its commit>)
+    from=${FROM_COMMIT:-$commit}
+    show() { git show "$from:$1"; }
+    listed() { git ls-tree -r --name-only "$from" "$1"; }
 else
     # no .git (a device machine's copy): the working tree's files stand for the commit
     commit=${RETRAIN_COMMIT:?"no git here: set RETRAIN_COMMIT to the commit of this copy"}
+    from=$commit
     committed() { find "$1" -maxdepth 1 -type f | sort; }
+    listed() { committed "$1"; }
     show() { cat "$1"; }
 fi
 # PAUSE_BUILDS=1: stop the database builds running here (SIGSTOP) while this runs, and let them
@@ -80,10 +87,10 @@ n_parts=$(ls "$snap" | wc -l)
 echo "snapshot $snap: $n_parts committed shard parts" >&2
 # the bundled model as committed, before --install replaces it: the card scores it on the new
 # model's test sites, by molecule size (the only fair comparison as the test mix shifts)
-prev=work-tmp/model-prev-$commit
+prev=work-tmp/model-prev-$from
 if [ -z "${NO_STUDY:-}" ]; then
     rm -rf "$prev" && mkdir -p "$prev"
-    for f in $(committed src/napari_corefit/model/weights/default); do
+    for f in $(listed src/napari_corefit/model/weights/default); do
         show "$f" > "$prev/$(basename "$f")"
     done
 fi
@@ -123,7 +130,8 @@ if [ -n "${QUICK:-}" ]; then
     study_args=(--archs "${ARCH:-wide_two_head_mlp}" --carry-from docs/.card-carried.md
                 --max-minutes 40)
     if [ -n "${ARCH_REASON:-}" ]; then study_args+=(--arch-reason "$ARCH_REASON"); fi
-    out=work-tmp/quick-$commit
+    # another architecture's quick retrain of the same snapshot gets a study of its own
+    out=work-tmp/quick-$commit${ARCH:+-$ARCH}
 else
     study_args=(--archs paper_mlp,two_head_mlp,wide_two_head_mlp,deep_wide_two_head_mlp
                 --max-minutes 25)
