@@ -130,6 +130,8 @@ if [ -n "${QUICK:-}" ]; then
     study_args=(--archs "${ARCH:-wide_two_head_mlp}" --carry-from docs/.card-carried.md
                 --max-minutes 40)
     if [ -n "${ARCH_REASON:-}" ]; then study_args+=(--arch-reason "$ARCH_REASON"); fi
+    # MOLECULE_ARCH: the molecule-level ensemble's architecture, if not ARCH's (bundled size)
+    if [ -n "${MOLECULE_ARCH:-}" ]; then study_args+=(--molecule-arch "$MOLECULE_ARCH"); fi
     # another architecture's quick retrain of the same snapshot gets a study of its own
     out=work-tmp/quick-$commit${ARCH:+-$ARCH}
 else

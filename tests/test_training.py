@@ -559,8 +559,11 @@ def test_quick_retrain_carries_the_side_studies_of_an_earlier_card(tiny_db, tmp_
     # another architecture than the carried card's choice, with the measurement that says why
     why = "one member's validation MSE 3.6 % below the carried choice's (session notes)"
     res = run_study(tiny_db, tmp_path / "other", archs=("two_head_mlp",), carry_from=old,
-                    arch_reason=why, card=tmp_path / "other" / "MODEL_CARD.md", **kw)
+                    arch_reason=why, card=tmp_path / "other" / "MODEL_CARD.md",
+                    molecule_arch="paper_mlp", **{**kw, "molecule": True})
     assert res["chosen_arch"] == "two_head_mlp" and res["chosen_because"] == why
+    assert load_model(res["default"]).config["arch"]["name"] == "two_head_mlp"
+    assert load_model(res["molecule"]).config["arch"]["name"] == "paper_mlp"
     assert f"Architecture of this model: `two_head_mlp`, {why}." in \
         (tmp_path / "other" / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="arch_reason is for a quick retrain"):

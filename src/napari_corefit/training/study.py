@@ -204,7 +204,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
               extrapolation=True, settings=None, install=False, card=None, images=None,
               notes=None, weights_dtype="float32", progress=True, command=None, resume=False,
               jobs=1, learning_curve=(0.125, 0.25, 0.5, 1.0), beyond_db=None,
-              previous_model=None, noise_max_seconds=None, carry_from=None, arch_reason=None):
+              previous_model=None, noise_max_seconds=None, carry_from=None, arch_reason=None,
+              molecule_arch=None):
     """Run the study; return a dict of what was trained and chosen (also saved as study.json).
 
     With ``resume``, a model whose checkpoint already exists under ``out`` (from an earlier,
@@ -221,6 +222,8 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
     carries that card's architecture comparison, noise study, learning curve and extrapolation
     sections, labelled (:mod:`napari_corefit.training.carry`). Its architecture is the carried
     card's choice unless ``arch_reason`` says why another one (measured since) is trained.
+    ``molecule_arch`` trains the molecule-level ensemble with another architecture than the
+    site-level default's (e.g. a smaller one, to keep the bundled weights small).
     """
     from napari_corefit.backend import load_database
 
@@ -257,7 +260,9 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         pool.submit("default", arch=best, n_members=members)
         res["default"] = str(out / "default")
         if molecule:
-            pool.submit("molecule", arch=best, n_members=members, level="molecule")
+            res["molecule_arch"] = molecule_arch or best
+            pool.submit("molecule", arch=res["molecule_arch"], n_members=members,
+                        level="molecule")
             res["molecule"] = str(out / "molecule")
         if carry_from is not None:
             # the side studies come from the carried card: nothing more to train
@@ -326,6 +331,8 @@ def main(argv=None):
     p.add_argument("--noise-levels", default="1e2,1e3,1e4,1e5")
     p.add_argument("--noise-members", type=int, default=1)
     p.add_argument("--no-molecule", action="store_true")
+    p.add_argument("--molecule-arch", default=None, metavar="NAME",
+                   help="architecture of the molecule-level ensemble (default: the chosen one)")
     p.add_argument("--no-extrapolation", action="store_true")
     p.add_argument("--epochs", type=int, default=3000)
     p.add_argument("--patience", type=int, default=100)
@@ -383,7 +390,8 @@ def main(argv=None):
                     install=a.install, card=a.card, images=a.images, notes=a.notes,
                     weights_dtype=a.weights_dtype, resume=a.resume, jobs=a.jobs,
                     beyond_db=a.beyond_db, previous_model=a.previous_model,
-                    carry_from=a.carry_from, arch_reason=a.arch_reason, noise_max_seconds=None if a.noise_max_minutes is None else
+                    carry_from=a.carry_from, arch_reason=a.arch_reason,
+                    molecule_arch=a.molecule_arch, noise_max_seconds=None if a.noise_max_minutes is None else
                     60 * a.noise_max_minutes,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
