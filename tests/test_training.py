@@ -507,6 +507,23 @@ def test_study_in_two_processes_trains_the_same_models_as_in_one(tiny_db, tmp_pa
 
 
 
+def test_card_prints_a_study_command_that_runs_as_printed(tiny_db, tmp_path):
+    import shlex
+
+    from napari_corefit.training.study import main
+
+    argv = ["--db", str(tiny_db), "--out", str(tmp_path / "s"), "--archs", "paper_mlp",
+            "--compare-members", "1", "--members", "1", "--noise-levels", "",
+            "--learning-curve", "", "--no-molecule", "--no-extrapolation", "--epochs", "2",
+            "--device", "cpu", "--threads", "1", "--card", str(tmp_path / "card.md"),
+            "--notes", "Training data: the tiny database's; it's \"quoted\" (twice)"]
+    assert main(argv) == 0
+    text = (tmp_path / "card.md").read_text()
+    block = text.split("## Reproduce", 1)[1].split("```")[1].strip()
+    # a shell reads back exactly the arguments the study ran with, notes included
+    assert shlex.split(block) == ["python", "-m", "napari_corefit.training.study", *argv]
+
+
 def test_quick_retrain_carries_the_side_studies_of_an_earlier_card(tiny_db, tmp_path):
     from napari_corefit.backend import load_database
     from napari_corefit.training.carry import carried_section, read_sections

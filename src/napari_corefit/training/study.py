@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -395,8 +396,9 @@ def main(argv=None):
                     60 * a.noise_max_minutes,
                     learning_curve=tuple(float(x) for x in a.learning_curve.split(",")
                                          if x.strip()),
-                    command="python -m napari_corefit.training.study " + " ".join(
-                        sys.argv[1:] if argv is None else argv))
+                    # quoted, so that the card's command runs as printed (--notes holds spaces)
+                    command=shlex.join(["python", "-m", "napari_corefit.training.study",
+                                        *(sys.argv[1:] if argv is None else argv)]))
     print(json.dumps(res, indent=2))
     return 0
 
