@@ -26,7 +26,8 @@
 # (the end-to-end benchmark needs HyperSpy: run it afterwards here, `NO_STUDY=1`).
 #
 # QUICK=1: a quick retrain that fits a session on 2 idle cores (~90 minutes at 43 k sites): only
-# the default and molecule-level ensembles of wide_two_head_mlp are trained, and the model card
+# the default and molecule-level ensembles are trained, in the architectures of the committed
+# card and bundled molecule-level model, and the model card
 # carries the architecture comparison, noise study, learning curve and extrapolation sections of
 # the committed card, each labelled with the card, commit and database size that measured them
 # (napari_corefit.training.carry). The full study refreshes them when a session has the time.
@@ -127,11 +128,15 @@ if [ -n "${QUICK:-}" ]; then
     show docs/MODEL_CARD.md > docs/.card-carried.md
     # ARCH: the architecture to train, by default the carried card's choice; another one needs
     # ARCH_REASON, the measurement that chose it, which the card prints
-    study_args=(--archs "${ARCH:-wide_two_head_mlp}" --carry-from docs/.card-carried.md
+    card_arch=$(sed -n 's/^- Architecture: `\([A-Za-z0-9_]*\)`.*/\1/p' docs/.card-carried.md)
+    study_args=(--archs "${ARCH:-$card_arch}" --carry-from docs/.card-carried.md
                 --max-minutes 40)
     if [ -n "${ARCH_REASON:-}" ]; then study_args+=(--arch-reason "$ARCH_REASON"); fi
-    # MOLECULE_ARCH: the molecule-level ensemble's architecture, if not ARCH's (bundled size)
-    if [ -n "${MOLECULE_ARCH:-}" ]; then study_args+=(--molecule-arch "$MOLECULE_ARCH"); fi
+    # MOLECULE_ARCH: the molecule-level ensemble's architecture, if not ARCH's (bundled size);
+    # by default the bundled molecule-level model's, as the commit has it
+    mol_arch=${MOLECULE_ARCH:-$(show src/napari_corefit/model/weights/default_molecule/config.json |
+        "$PY" -c 'import json, sys; print(json.load(sys.stdin)["arch"]["name"])')}
+    study_args+=(--molecule-arch "$mol_arch")
     # another architecture's quick retrain of the same snapshot gets a study of its own
     out=work-tmp/quick-$commit${ARCH:+-$ARCH}
 else

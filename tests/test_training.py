@@ -585,6 +585,14 @@ def test_quick_retrain_carries_the_side_studies_of_an_earlier_card(tiny_db, tmp_
         (tmp_path / "other" / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="arch_reason is for a quick retrain"):
         run_study(tiny_db, tmp_path / "z", archs=("paper_mlp",), arch_reason=why, **kw)
+    # without a reason, only the carried card's own choice: the next quick retrain of the card
+    # just written keeps two_head_mlp unless a measurement says otherwise
+    from napari_corefit.training.carry import card_architecture
+
+    assert card_architecture(tmp_path / "other" / "MODEL_CARD.md") == "two_head_mlp"
+    with pytest.raises(ValueError, match="chose two_head_mlp, not paper_mlp"):
+        run_study(tiny_db, tmp_path / "w", archs=("paper_mlp",),
+                  carry_from=tmp_path / "other" / "MODEL_CARD.md", **kw)
 
 
 def test_training_subsets_are_nested_and_rebuilt_from_the_checkpoint_settings():

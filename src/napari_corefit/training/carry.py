@@ -40,6 +40,13 @@ def read_sections(card) -> dict:
     return sections
 
 
+def card_architecture(card) -> str | None:
+    """The architecture of the default model a card describes (its ``- Architecture:`` line),
+    or None for a card without one."""
+    m = re.search(r"^- Architecture: `([A-Za-z0-9_]+)`", Path(card).read_text(), re.MULTILINE)
+    return m.group(1) if m else None
+
+
 def card_origin(card) -> str:
     """Where a carried section comes from, in words: the card's date, the commit and the size
     of the database of the default model it described."""

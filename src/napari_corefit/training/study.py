@@ -35,7 +35,7 @@ import numpy as np
 
 from napari_corefit.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, default_model_dir,
                                              load_model, save_model)
-from napari_corefit.training.carry import CARRIABLE, card_origin, read_sections
+from napari_corefit.training.carry import CARRIABLE, card_architecture, card_origin, read_sections
 from napari_corefit.training.loop import TrainSettings
 from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.train import train_model
@@ -237,6 +237,11 @@ def run_study(db, out, archs=("paper_mlp", "two_head_mlp", "cnn1d"), compare_mem
         missing = [p for p in CARRIABLE if not any(t.startswith(p) for t in carried)]
         if missing:
             raise ValueError(f"{carry_from}: no section to carry for {missing}")
+        # the card would otherwise say "as chosen by" a card that chose something else
+        chosen = card_architecture(carry_from)
+        if arch_reason is None and chosen is not None and archs[0] != chosen:
+            raise ValueError(f"{carry_from} chose {chosen}, not {archs[0]}: a quick retrain of "
+                             "another architecture needs arch_reason (the measurement since)")
     elif arch_reason is not None:
         raise ValueError("arch_reason is for a quick retrain (carry_from); a full study "
                          "chooses its architecture by the comparison")
