@@ -3,6 +3,7 @@
     python benchmarks/bench_inference.py                      # 128, 256, 512 px squared
     python benchmarks/bench_inference.py --sizes 64,128       # quick run
     python benchmarks/bench_inference.py --write-md benchmarks/results_inference.md
+    python benchmarks/bench_inference.py --also-model work-tmp/model-prev-XXXXXXX  # and the old
 
 What is measured, in one run on one machine:
 
@@ -179,20 +180,23 @@ def run_child(*args):
 # model only
 
 
-def model_only(device, members, n_spectra, batches, amps, repeats=3, bundled=False):
-    """Throughput of a random-weight paper MLP ensemble, or of the bundled default model."""
+def model_only(device, members, n_spectra, batches, amps, repeats=3, bundled=False,
+               checkpoint=None):
+    """Throughput of a random-weight paper MLP ensemble, of the bundled default model, or of
+    the model saved in ``checkpoint`` (e.g. the one a retrain replaced)."""
     import torch
 
     from napari_corefit.model.inference import predict_spectra
     from napari_corefit.model.network import Ensemble, PaperMLP
 
-    if bundled:
-        from napari_corefit.model import load_default
+    if bundled or checkpoint:
+        from napari_corefit.model import load_default, load_model
 
-        loaded = load_default()
+        loaded = load_model(checkpoint) if checkpoint else load_default()
         ens = loaded.ensemble
         members = len(ens.members)
-        label = f"bundled default ({loaded.config['arch']['name']})"
+        label = (f"`{checkpoint}`" if checkpoint else "bundled default") + \
+            f" ({loaded.config['arch']['name']})"
     else:
         torch.manual_seed(0)
         ens = Ensemble([PaperMLP() for _ in range(members)])
@@ -230,6 +234,8 @@ def main(argv=None):
     p.add_argument("--workdir", default=None, help="where SIs and outputs go (default: a "
                    "temporary directory, removed afterwards)")
     p.add_argument("--model-spectra", type=int, default=65536)
+    p.add_argument("--also-model", action="append", default=[], metavar="DIR",
+                   help="time this checkpoint too, as the bundled default (repeatable)")
     p.add_argument("--write-md", default=None, metavar="FILE", help="write the figures there")
     p.add_argument("--note", default=None, help="a line about the conditions of the run, "
                    "printed in the report (e.g. what else the machine was doing)")
@@ -257,6 +263,8 @@ def main(argv=None):
         n = args.model_spectra if dev == "cpu" else max(args.model_spectra, 1 << 21)
         amps = [False, "bf16"] if dev == "cpu" else [False, "fp16", "bf16"]
         model_rows += model_only(dev, None, n, batches, amps, bundled=True)
+        for path in args.also_model:
+            model_rows += model_only(dev, None, n, batches, amps, checkpoint=path)
         model_rows += model_only(dev, args.members, n, batches[:1], [False])
         model_rows += model_only(dev, 1, n, batches[1:2], [False])
         for r in model_rows:
@@ -305,7 +313,8 @@ def render(info, model_rows, e2e_rows, args):
         f"({info['torch_threads']} threads), Python {info['python']}. Load average "
         f"{info['load_avg_start']:.1f} at the start, {info['load_avg_end']:.1f} at the end. "
         + (args.note or "The machine is shared: other jobs were running."),
-        f"Command: `python benchmarks/bench_inference.py --sizes {args.sizes}`.",
+        f"Command: `python benchmarks/bench_inference.py --sizes {args.sizes}"
+        + "".join(f" --also-model {m}" for m in args.also_model) + "`.",
         "",
         "## Model only (preprocessed spectra in memory -> ensemble mean and std)",
         "",
