@@ -308,8 +308,13 @@ class EngineResult:
         dos.metadata.set_item("Corefit.info", json.dumps(self.info, default=str))
         names = list(self.maps)
         map_ax = {"name": "map", "units": "", "size": len(names), "offset": 0.0, "scale": 1.0}
-        maps = _signal(np.stack([np.asarray(self.maps[n].data, np.float32) for n in names]),
-                       [map_ax], nav, "corefit maps", "maps")
+        scan = tuple(a["size"] for a in nav)
+        stacked_maps = np.stack([np.asarray(self.maps[n].data, np.float32).reshape(scan)
+                                 for n in names])
+        if nav:
+            maps = _signal(stacked_maps, [map_ax], nav, "corefit maps", "maps")
+        else:  # a single spectrum: one value per map, along a signal axis "map"
+            maps = _signal(stacked_maps, [], [map_ax], "corefit maps", "maps")
         maps.metadata.set_item("Corefit.maps", names)
         signals = {"": dos, "maps": maps}
         if self.image is not None:
@@ -356,9 +361,13 @@ class EngineResult:
         maps = {}
         if maps_file.exists():
             ms = hs.load(maps_file)
+            single = ms.axes_manager.navigation_dimension == 0
             for i, name in enumerate(ms.metadata.Corefit.maps):
-                m = ms.inav[i]
-                m.metadata.General.title = name
+                if single:  # a single spectrum's maps: one value each
+                    m = _signal(np.asarray(ms.data[i]), [], [], name, "map")
+                else:
+                    m = ms.inav[i]
+                    m.metadata.General.title = name
                 maps[name] = m
         image_file = path.with_name(f"{path.stem}_image{path.suffix}")
         image = hs.load(image_file) if image_file.exists() else None

@@ -192,6 +192,7 @@ def result_layers(signals, name: str) -> list[tuple]:
         ``kind``, ``signal`` (the whole signal) and ``index`` (its place in the stack).
     """
     layers = []
+    pad = {"name": "", "units": "pixel", "scale": 1.0, "offset": 0.0}
     for signal in signals:
         am = signal.axes_manager
         kind = str(signal.metadata.get_item("Corefit.kind", ""))
@@ -202,34 +203,49 @@ def result_layers(signals, name: str) -> list[tuple]:
         )
         if kind == "atoms" or any(a.name == "atom" for a in am.navigation_axes):
             continue  # per-atom curves have no scan axes: no image
-        if am.signal_dimension == 1:
-            if am.navigation_dimension < 2:
-                continue
-            spatial = list(am.navigation_axes[1::-1])  # (y, x)
-            stacked = list(am.navigation_axes[:1:-1])
+        if am.signal_dimension not in (1, 2):
+            continue
+        axes = sorted(am._axes, key=lambda a: a.index_in_array)  # array order
+        energy = None
+        if am.signal_dimension == 1 and kind != "maps" and \
+                str(am.signal_axes[0].name) not in _STACK_NAMES:
             energy = am.signal_axes[0]
-        elif am.signal_dimension == 2:
-            spatial = list(am.signal_axes[::-1])
-            stacked = list(am.navigation_axes[::-1])
-            energy = None
-        else:
+        rest = [a for a in axes if a is not energy]
+        stack = [a for a in rest if str(a.name) in _STACK_NAMES]
+        if not stack:
+            if am.signal_dimension == 2:
+                stack = [a for a in rest if a.navigate]
+            elif len(rest) > 2:
+                stack = rest[: len(rest) - 2]
+        spatial = [a for a in rest if all(a is not b for b in stack)]
+        if len(stack) > 1 or len(spatial) > 2:
             continue
-        if len(stacked) > 1:
-            continue
-        count = stacked[0].size if stacked else 1
-        scale = tuple(_step(a) for a in spatial)
-        translate = tuple(_start(a) for a in spatial)
-        units = tuple(_unit_or(a.units, "pixel") for a in spatial)
+        # (stack, y, x[, energy]); a line scan is one row, a single spectrum one pixel
+        order = [a.index_in_array for a in stack + spatial]
+        if energy is not None:
+            order.append(energy.index_in_array)
+        data = signal.data.transpose(order)
+        sizes = tuple(a.size for a in spatial)
+        padded = (1,) * (2 - len(sizes)) + sizes
+        data = data.reshape(data.shape[: len(stack)] + padded
+                            + data.shape[len(stack) + len(sizes):])
+        spatial_info = [pad] * (2 - len(spatial)) + [
+            {"name": str(a.name), "units": a.units, "scale": _step(a), "offset": _start(a)}
+            for a in spatial]
+        count = stack[0].size if stack else 1
+        scale = tuple(a["scale"] for a in spatial_info)
+        translate = tuple(a["offset"] for a in spatial_info)
+        units = tuple(_unit_or(a["units"], "pixel") for a in spatial_info)
         for index in range(count):
-            data = signal.data[index] if stacked else signal.data
-            label = labels[index] if index < len(labels) else (str(index) if stacked else "")
+            part = data[index] if stack else data
+            label = labels[index] if index < len(labels) else (str(index) if stack else "")
             title = " ".join(t for t in (name, kind or signal.metadata.General.title, label) if t)
             kwargs = {
                 "name": title,
                 "metadata": {"kind": kind, "signal": signal, "index": index, "label": label},
             }
             if energy is not None:
-                data = _moveaxis(data)
+                part = _moveaxis(part)
                 kwargs.update(
                     scale=(_step(energy),) + scale,
                     translate=(_start(energy),) + translate,
@@ -237,11 +253,15 @@ def result_layers(signals, name: str) -> list[tuple]:
                     axis_labels=(str(energy.name), "y", "x"),
                 )
             else:
-                data = np.asarray(data, dtype=np.float32)
+                part = np.asarray(part, dtype=np.float32)
                 kwargs.update(scale=scale, translate=translate, units=units,
                               axis_labels=("y", "x"))
-            layers.append((data, kwargs, "image"))
+            layers.append((part, kwargs, "image"))
     return layers
+
+
+#: names of the axes along which corefit stacks curves and maps
+_STACK_NAMES = ("curve", "map")
 
 
 def _step(axis) -> float:

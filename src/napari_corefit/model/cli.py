@@ -10,6 +10,7 @@ Progress goes to stderr (tqdm); nothing is written when the run fails or is inte
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -63,7 +64,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from napari_corefit.engine import parse_window, predict
-    from napari_corefit.io import load_spectrum_image
+    from napari_corefit.io import CorefitIOError, load_spectrum_image
+    from napari_corefit.io.errors import file_message
+    from napari_corefit.spectra.masks import describe_reasons
     from napari_corefit.model.checkpoint import load_default, load_model
     from napari_corefit.model.inference import resolve_device
 
@@ -89,7 +92,9 @@ def run(args) -> int:
                              lazy=True if args.lazy else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a lazy SI may be larger than RAM, and its DOS cubes larger still (1200 floats per pixel):
-    # they then go to memory-mapped files beside the output, removed when written
+    # they then go to memory-mapped files beside the output, removed when written. Every output
+    # is first written there under its final name and moved into place only when all of them
+    # were written: a run that fails leaves nothing behind.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".corefit-") as tmp:
         try:
             result = predict(si, model, device=device, batch_size=args.batch_size,
@@ -100,15 +105,31 @@ def run(args) -> int:
                              store=tmp if si.lazy else None)
         finally:
             bar.close()
-        written = result.save(out)
+        reason = np.asarray(result.maps["reason"].data).astype(np.uint8)
+        if not (reason == 0).any():
+            raise CorefitIOError(file_message(
+                si.path if si.path is not None else args.si,
+                f"no usable pixel: {describe_reasons(reason)}"))
+        staging = Path(tmp) / "out"
+        staging.mkdir()
+        moves = [(src, out.with_name(src.name)) for src in result.save(staging / out.name)]
         if args.plot:
-            plot_overview(result, args.plot)
-            written.append(Path(args.plot))
+            plot = Path(args.plot)
+            (Path(tmp) / "plot").mkdir()
+            moves.append((plot_overview(result, Path(tmp) / "plot" / plot.name,
+                                        signal=si.signal), plot))
         q = np.asarray(result.maps["quality"].data)
         n_atoms = 0 if result.atoms_table is None else len(result.atoms_table)
         del result
+        for src, dst in moves:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, dst)
+        written = [dst for _, dst in moves]
+    masked = reason != 0
+    why = f": {describe_reasons(reason[masked])}" if masked.any() else ""
     print(f"corefit predict: {q.size} pixels ({int((q == 0).sum())} good, "
-          f"{int((q & 1).sum())} masked){f', {n_atoms} atom columns' if args.atoms else ''} "
+          f"{int(masked.sum())} masked{why})"
+          f"{f', {n_atoms} atom columns' if args.atoms else ''} "
           f"on {device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     for p in written:
         print(p)
@@ -116,7 +137,10 @@ def run(args) -> int:
 
 
 def _pick_examples(result, k=3):
-    """Three columns to show: the best-fitted usable ones (else the pixels with most counts)."""
+    """Three columns to show: the best-fitted usable ones (else the pixels with most counts).
+
+    Pixels are given as index tuples of the scan, ``(y, x)`` or ``(x,)``.
+    """
     t = result.atoms_table
     if t is not None and len(t):
         ok = t[t["usable"]]
@@ -125,19 +149,161 @@ def _pick_examples(result, k=3):
             return [(f"atom {int(r.atom)}", int(r.atom), (r.y_px, r.x_px))
                     for r in rows.itertuples()]
     counts = np.nan_to_num(np.asarray(result.maps["edge_counts"].data, dtype=float), nan=-1)
-    flat = np.argsort(counts.ravel())[::-1][:k]
-    return [(f"pixel {np.unravel_index(i, counts.shape)}", None,
-             np.unravel_index(i, counts.shape)) for i in flat]
+    usable = np.asarray(result.maps["reason"].data) == 0
+    counts = np.where(usable, counts, -1.0)  # usable pixels first
+    flat = np.argsort(counts.ravel(), kind="stable")[::-1][:k]
+    out = []
+    for i in flat:
+        idx = tuple(int(v) for v in np.unravel_index(i, counts.shape))
+        out.append((f"pixel {idx[0] if len(idx) == 1 else idx}", None, idx))
+    return out
 
 
-def plot_overview(result, path):
-    """Overview figure: image with columns, two DOS maps, three example columns' spectra + DOS.
+def _pixel_curves(result, idx):
+    """Mean and std (2, n) of the predicted DOS at one pixel (index tuple, () for a spectrum)."""
+    mean = np.stack([np.asarray(result.occupied.data)[idx],
+                     np.asarray(result.unoccupied.data)[idx]])
+    std = np.stack([np.asarray(result.occupied_std.data)[idx],
+                    np.asarray(result.unoccupied_std.data)[idx]])
+    return mean, std
+
+
+def _plot_dos(a, energy, mean, std, title):
+    for c, (name, colour) in enumerate([("occupied", "C0"), ("unoccupied", "C3")]):
+        a.plot(energy, mean[c], color=colour, label=name)
+        a.fill_between(energy, mean[c] - std[c], mean[c] + std[c], color=colour, alpha=0.25)
+    a.axvline(0, color="gray", lw=0.5)
+    a.set_xlabel("energy relative to E_F (eV)")
+    a.set_ylabel("DOS (1/eV, area-normalised)")
+    a.set_title(title)
+    a.legend(fontsize=8)
+
+
+def _map_value(result, name, idx=()):
+    data = np.asarray(result.maps[name].data, dtype=float)
+    return float(data.reshape(-1)[0] if idx == () else data[idx])
+
+
+def plot_overview(result, path, signal=None):
+    """Overview figure that fits the scan: curves for a single spectrum, profiles along a line
+    scan, maps of a 2-D scan (image with columns, two DOS maps, three examples' DOS).
 
     Parameters
     ----------
     result : EngineResult
     path : path of the PNG (or any matplotlib format) to write
+    signal : hyperspy Signal1D, optional
+        The measured spectra, shown for a single spectrum (its counts around the edge).
+
+    Returns
+    -------
+    Path
     """
+    nav = result.occupied.axes_manager.navigation_dimension
+    if nav == 0:
+        return _plot_single(result, path, signal)
+    if nav == 1:
+        return _plot_line(result, path)
+    return _plot_maps(result, path)
+
+
+def _plot_single(result, path, signal):
+    from matplotlib.figure import Figure
+
+    energy = result.occupied.axes_manager.signal_axes[0].axis
+    fig = Figure(figsize=(12, 4.8), constrained_layout=True)
+    a_in, a_dos = fig.subplots(1, 2)
+    peak = _map_value(result, "peak_energy_ev")
+    if signal is not None:
+        e = np.asarray(signal.axes_manager.signal_axes[0].axis, dtype=float)
+        y = np.asarray(signal.data.compute() if hasattr(signal.data, "compute") else signal.data,
+                       dtype=float).reshape(-1)
+        a_in.plot(e, y, "k-", lw=0.8)
+        a_in.set_xlabel("energy loss (eV)")
+        a_in.set_ylabel("counts")
+        if np.isfinite(peak):
+            a_in.axvline(peak, color="C3", lw=0.8, label=f"first peak {peak:.2f} eV")
+            a_in.axvspan(peak - 1.0, peak + 15.0, color="C3", alpha=0.1,
+                         label="model window (peak -1 to +15 eV)")
+            a_in.legend(fontsize=8)
+        a_in.set_title(f"measured spectrum ({_map_value(result, 'edge_counts'):.0f} edge counts)")
+    else:
+        a_in.set_visible(False)
+    mean, std = _pixel_curves(result, ())
+    _plot_dos(a_dos, energy, mean, std, "predicted site DOS (±σ)")
+    text = "\n".join(f"{k}: {_map_value(result, k):.2f}" for k in ("homo_ev", "lumo_ev",
+                                                                      "gap_ev", "sigma_rel")
+                     if k in result.maps)
+    a_dos.text(0.02, 0.97, text, transform=a_dos.transAxes, va="top", fontsize=8,
+               family="monospace")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _plot_line(result, path):
+    from matplotlib.figure import Figure
+
+    energy = result.occupied.axes_manager.signal_axes[0].axis
+    ax_x = result.occupied.axes_manager.navigation_axes[0]
+    x = np.asarray(ax_x.axis, dtype=float)
+    units = str(ax_x.units) if str(ax_x.units) not in ("", "<undefined>") else "px"
+    xlabel = f"{ax_x.name if str(ax_x.name) not in ('', '<undefined>') else 'position'} ({units})"
+    fig = Figure(figsize=(13, 9), constrained_layout=True)
+    axes = fig.subplots(2, 2)
+    usable = np.asarray(result.maps["reason"].data) == 0
+    # the unoccupied DOS along the scan, as an image (position x energy)
+    a = axes[0, 0]
+    unocc = np.asarray(result.unoccupied.data, dtype=float)
+    step = x[1] - x[0] if x.size > 1 else 1.0
+    im = a.imshow(unocc.T, origin="lower", aspect="auto", cmap="viridis",
+                  extent=(x[0] - step / 2, x[-1] + step / 2, energy[0], energy[-1]))
+    a.set_xlabel(xlabel)
+    a.set_ylabel("energy relative to E_F (eV)")
+    a.set_title("unoccupied DOS along the scan")
+    fig.colorbar(im, ax=a, shrink=0.8)
+    # DOS features along the scan
+    a = axes[0, 1]
+    for name, style in (("homo_ev", "C0.-"), ("lumo_ev", "C3.-"), ("gap_ev", "k.-")):
+        if name in result.maps:
+            a.plot(x, np.asarray(result.maps[name].data, dtype=float), style, label=name)
+    a.set_xlabel(xlabel)
+    a.set_ylabel("eV relative to E_F")
+    a.set_title("DOS peaks along the scan")
+    a.legend(fontsize=8)
+    a = axes[1, 0]
+    windows = [n for n in result.maps if n.startswith(("occupied_", "unoccupied_"))]
+    for i, name in enumerate(windows):
+        a.plot(x, np.asarray(result.maps[name].data, dtype=float), f"C{i}.-",
+               label=f"DOS fraction in {name}")
+    a2 = a.twinx()
+    a2.plot(x, np.asarray(result.maps["edge_counts"].data, dtype=float), "k:", lw=1,
+            label="edge counts")
+    a2.set_ylabel("edge counts")
+    if (~usable).any():
+        for xi in x[~usable]:
+            a.axvspan(xi - step / 2, xi + step / 2, color="gray", alpha=0.2, lw=0)
+    a.set_xlabel(xlabel)
+    a.set_ylabel("area fraction")
+    a.set_title("window fractions and edge counts (grey: masked pixels)")
+    a.legend(fontsize=8, loc="upper left")
+    a2.legend(fontsize=8, loc="upper right")
+    a = axes[1, 1]
+    for j, (label, _, idx) in enumerate(_pick_examples(result)):
+        mean, std = _pixel_curves(result, idx)
+        for c, ls in ((0, "--"), (1, "-")):
+            a.plot(energy, mean[c], color=f"C{j}", ls=ls,
+                   label=f"{label} {'occupied' if c == 0 else 'unoccupied'}")
+            a.fill_between(energy, mean[c] - std[c], mean[c] + std[c], color=f"C{j}",
+                           alpha=0.15)
+    a.axvline(0, color="gray", lw=0.5)
+    a.set_xlabel("energy relative to E_F (eV)")
+    a.set_title("predicted site DOS (±σ) of the pixels with most edge counts")
+    a.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _plot_maps(result, path):
     from matplotlib.figure import Figure
 
     from napari_corefit.spectra.grids import SPECTRUM_GRID

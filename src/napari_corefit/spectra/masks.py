@@ -26,7 +26,8 @@ from enum import IntEnum
 
 import numpy as np
 
-__all__ = ["Reason", "REASON_TEXT", "raw_reasons", "first_reason", "reason_summary"]
+__all__ = ["Reason", "REASON_TEXT", "raw_reasons", "first_reason", "reason_summary",
+           "describe_reasons"]
 
 
 class Reason(IntEnum):
@@ -115,3 +116,35 @@ def reason_summary(reason):
     """
     codes, counts = np.unique(np.asarray(reason, np.uint8), return_counts=True)
     return {Reason(int(c)).name: int(k) for c, k in zip(codes, counts)}
+
+
+def describe_reasons(reason, skip_ok=False):
+    """Pixel counts per reason in words, e.g. ``'3 x too few edge counts; 1 x usable'``.
+
+    The one wording of mask reasons for users (the widget's notifications, the command line's
+    summary and refusals).
+
+    Parameters
+    ----------
+    reason : array_like of reason codes
+    skip_ok : bool
+        Leave out the usable pixels (code 0).
+
+    Examples
+    --------
+    >>> describe_reasons(np.array([0, 7, 7, 6], dtype=np.uint8))
+    '1 x usable; 1 x no significant edge above the background (no carbon); 2 x too few edge counts'
+    >>> describe_reasons(np.array([0, 7], dtype=np.uint8), skip_ok=True)
+    '1 x too few edge counts'
+    """
+    codes, counts = np.unique(np.asarray(reason).astype(np.uint8).ravel(), return_counts=True)
+    parts = []
+    for c, n in zip(codes, counts):
+        if skip_ok and c == 0:
+            continue
+        try:
+            text = REASON_TEXT[Reason(int(c))]
+        except ValueError:
+            text = f"reason code {int(c)}"
+        parts.append(f"{int(n)} x {text}")
+    return "; ".join(parts)

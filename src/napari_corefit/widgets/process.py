@@ -510,8 +510,6 @@ def _pixel_nm(signal):
 
 
 def _reason_summary(result):
-    from napari_corefit.spectra.masks import REASON_TEXT
+    from napari_corefit.spectra.masks import describe_reasons
 
-    reason = np.asarray(result.maps["reason"].data).astype(np.uint8).ravel()
-    codes, counts = np.unique(reason, return_counts=True)
-    return "; ".join(f"{n} x {REASON_TEXT.get(int(c), str(c))}" for c, n in zip(codes, counts))
+    return describe_reasons(np.asarray(result.maps["reason"].data))
