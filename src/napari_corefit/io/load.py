@@ -38,6 +38,7 @@ def load_spectrum_image(
     lowloss=None,
     lazy: bool | None = None,
     edge: float | None = CARBON_K_EDGE_EV,
+    require_edge: bool = True,
 ) -> SpectrumImage:
     """Read an EELS spectrum image and pair it with its ADF image and a survey image.
 
@@ -58,6 +59,9 @@ def load_spectrum_image(
         than ``LAZY_ABOVE_BYTES`` lazily.
     edge : float or None
         Energy loss (eV) that the signal axis must cover; ``None`` skips the check.
+    require_edge : bool
+        False: an axis that does not cover ``edge`` is a warning, not an error (the napari
+        reader opens any EELS file for viewing; the engine refuses it later, with the reason).
 
     Returns
     -------
@@ -102,7 +106,7 @@ def load_spectrum_image(
     signal = _pick_spectrum_image(signals, path, edge)
     notes: list[str] = []
     _check_shape(signal, path)
-    energy = _check_energy_axis(signal, path, edge, notes)
+    energy = _check_energy_axis(signal, path, edge, notes, require_edge)
     if signal.metadata.Signal.signal_type != "EELS":
         # generic Signal1D (MSA, hspy written without a type): give it exSpy's EELS methods
         signal.set_signal_type("EELS")
@@ -232,7 +236,8 @@ def _pick_spectrum_image(signals: list, path: Path, edge: float | None):
     return max(candidates, key=rank)
 
 
-def _check_energy_axis(signal, path: Path, edge: float | None, notes: list) -> EnergyAxis:
+def _check_energy_axis(signal, path: Path, edge: float | None, notes: list,
+                       require_edge: bool = True) -> EnergyAxis:
     axis = signal.axes_manager.signal_axes[0]
     if axis.size == 0:
         raise CorefitIOError(file_message(path, "the energy axis has no channels"))
@@ -271,13 +276,12 @@ def _check_energy_axis(signal, path: Path, edge: float | None, notes: list) -> E
         )
     if edge is not None and not energy.covers(edge):
         low, high = energy.range
-        raise CorefitIOError(
-            file_message(
-                path,
-                f"the energy axis covers {low:.1f}-{high:.1f} eV and does not contain the "
-                f"carbon K edge at {edge:g} eV",
-            )
-        )
+        problem = (f"the energy axis covers {low:.1f}-{high:.1f} eV and does not contain the "
+                   f"carbon K edge at {edge:g} eV")
+        if require_edge:
+            raise CorefitIOError(file_message(path, problem))
+        _note(notes, path, f"{problem}: opened for viewing only, no carbon DOS can be "
+                           "predicted from it")
     return energy
 
 

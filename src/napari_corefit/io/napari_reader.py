@@ -60,13 +60,20 @@ def read_spectrum_image(path) -> list[tuple]:
 
         A result file that corefit wrote (signals with ``metadata.Corefit.kind``) gives
         :func:`result_layers` instead.
+
+    Warns
+    -----
+    CorefitIOWarning
+        For an EELS file without the carbon K edge (it opens, for viewing; the process widget
+        refuses it with the reason), and what :func:`~napari_corefit.io.load_spectrum_image`
+        warns about.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
     results = _corefit_results(path)
     if results is not None:
         return result_layers(results, Path(path).stem)
-    si = load_spectrum_image(path)
+    si = load_spectrum_image(path, require_edge=False)
     return spectrum_image_layers(si)
 
 
@@ -148,12 +155,27 @@ def _moveaxis(cube):
 
 
 def _contrast_limits(si) -> tuple[float, float]:
-    """Contrast from the survey (mean counts per channel), so napari need not scan a lazy cube."""
-    mean = si.survey / max(si.energy.size, 1)
-    low, high = (float(v) for v in np.percentile(mean, [1, 99.5]))
+    """Contrast from the survey (mean counts per channel), so napari need not scan a lazy cube.
+
+    A single spectrum or a short line scan (few pixels, in memory) takes its channel values
+    instead: one pixel's mean says nothing about the range its channels span. The limits always
+    increase, also for data whose counts are negative (a low-loss spectrum after dark
+    subtraction).
+    """
+    data = si.signal.data
+    if not si.lazy and np.prod(si.survey.shape) <= 64:
+        values = np.asarray(data, dtype=np.float64).ravel()
+    else:
+        values = np.asarray(si.survey, dtype=np.float64).ravel() / max(si.energy.size, 1)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (0.0, 1.0)
+    low, high = (float(v) for v in np.percentile(values, [1, 99.5]))
+    low = min(low, 0.0)
+    high = 2.0 * high if high > 0 else high
     if not high > low:
-        high = low + 1.0
-    return (min(low, 0.0), 2.0 * high)
+        high = low + max(1.0, abs(low))
+    return (low, high)
 
 
 def _corefit_results(path) -> list | None:

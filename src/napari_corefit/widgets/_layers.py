@@ -126,7 +126,7 @@ class CorefitRun:
         sig = self.signal
         energy = np.asarray(sig.axes_manager.signal_axes[0].axis, np.float64)
         data = sig.data
-        counts = data[iy, ix] if data.ndim == 3 else data[ix]
+        counts = data[iy, ix] if data.ndim == 3 else data[ix] if data.ndim == 2 else data
         counts = np.asarray(counts.compute() if hasattr(counts, "compute") else counts,
                             np.float64)
         res = preprocess(energy, counts, config)

@@ -85,6 +85,8 @@ class AtomInspector(BaseNapariMPLWidget):
         self._fill_atom_list()
         self._clear_axes()
         self.canvas.draw_idle()
+        if run is not None and run.scan_shape == (1, 1):
+            self.show_pixel(0, 0)  # a single spectrum: nothing to click, show it at once
 
     def _fill_atom_list(self):
         self.atom_list.blockSignals(True)
@@ -175,7 +177,7 @@ class AtomInspector(BaseNapariMPLWidget):
         e_in, spec, reason = run.pixel_input(iy, ix)
         mean, std = run.pixel_dos(iy, ix)
         y, x = run.pixel_to_world((iy, ix))
-        title = f"pixel (y {iy}, x {ix})"
+        title = "single spectrum" if run.scan_shape == (1, 1) else f"pixel (y {iy}, x {ix})"
         self._plot(title, e_in, spec, reason, run.dos_energy, mean, std)
         rows = [("y_px", iy), ("x_px", ix), ("y (world)", y), ("x (world)", x)]
         for key, sig in run.result.maps.items():

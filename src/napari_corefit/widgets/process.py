@@ -311,9 +311,18 @@ class ProcessWidget(QWidget):
                              "pick the '<file> SI' layer the plugin's reader made")
         signal = si.metadata["signal"]
         nav_shape = tuple(a.size for a in signal.axes_manager.navigation_axes[::-1])
-        if len(nav_shape) not in (1, 2):
-            raise ValueError(f"layer {si.name!r}: the process widget needs a line scan or a 2-D "
-                             f"scan, this signal has navigation shape {nav_shape}")
+        if len(nav_shape) > 2:
+            raise ValueError(f"layer {si.name!r}: the process widget needs a single spectrum, a "
+                             f"line scan or a 2-D scan, this signal has navigation shape "
+                             f"{nav_shape}")
+        from napari_corefit.io import CARBON_K_EDGE_EV
+
+        energy = np.asarray(signal.axes_manager.signal_axes[0].axis, dtype=float)
+        if not energy[0] <= CARBON_K_EDGE_EV <= energy[-1]:
+            raise ValueError(f"layer {si.name!r}: the energy axis covers {energy[0]:.1f}-"
+                             f"{energy[-1]:.1f} eV and does not contain the carbon K edge at "
+                             f"{CARBON_K_EDGE_EV:g} eV: there is no carbon K edge to predict "
+                             "the DOS from")
         adf = None
         source = si.metadata.get("spectrum_image") or signal
         adf_layer = self.adf_layer.value
@@ -456,6 +465,23 @@ class ProcessWidget(QWidget):
             show_warning("napari-corefit: no usable pixel: " + _reason_summary(outcome.result))
         else:
             show_info(f"napari-corefit: {msg}")
+        if run.scan_shape == (1, 1):
+            self._show_inspector()
+
+    def _show_inspector(self):
+        """A single spectrum has no map to click: show it and its DOS in the inspector."""
+        from napari_corefit.widgets.inspector import AtomInspector
+
+        window = getattr(self.viewer, "window", None)
+        qt_window = getattr(window, "_qt_window", None)
+        if window is None or qt_window is None:
+            return None
+        found = qt_window.findChildren(AtomInspector)
+        if found:
+            return found[0]
+        inspector = AtomInspector(self.viewer)
+        window.add_dock_widget(inspector, name="Atom inspector", area="right")
+        return inspector
 
     def _image_shown(self, job):
         """Whether the viewer already shows the image the columns were found in."""
