@@ -82,16 +82,19 @@ else
   pin=$TORCH_VERSION
 fi
 
-# the constraint keeps pip from replacing that torch while it resolves the package's requirements;
-# the stamp skips pip's (slow) re-resolution when pyproject.toml has not changed since last time
+# constraints.txt pins every other package (reproducible installs: a new release of a dependency,
+# PySCF above all, must not change CI or the database's numbers overnight); the torch constraint
+# keeps pip from replacing that torch while it resolves the package's requirements. The stamp
+# skips pip's (slow) re-resolution when neither pyproject.toml nor constraints.txt has changed.
 stamp="$VENV/.corefit-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) torch==$pin $(pwd)"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) torch==$pin $(pwd)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$VENV/bin/python" -c "import napari_corefit" 2>/dev/null; then
-  say "napari-corefit[test] present (pyproject.toml unchanged)"
+  say "napari-corefit[test] present (pyproject.toml and constraints.txt unchanged)"
 else
-  say "pip install -e .[test]"
+  say "pip install -c constraints.txt -e .[test]"
   echo "torch==$pin" > "$VENV/torch-constraint.txt"
-  "${PIP[@]}" install -q --progress-bar off -c "$VENV/torch-constraint.txt" -e ".[test]"
+  "${PIP[@]}" install -q --progress-bar off -c "$VENV/torch-constraint.txt" -c constraints.txt \
+    -e ".[test]"
   echo "$want" > "$stamp"
 fi
 
