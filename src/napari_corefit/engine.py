@@ -518,7 +518,8 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
                           chunk_pixels=chunk_pixels, progress=pixel_progress, cancel=cancel,
                           store=store, preprocess=preprocess,
                           block_hook=acc.add if acc is not None else None,
-                          lowloss=getattr(si, "lowloss", None), lowloss_options=lowloss_options)
+                          lowloss=getattr(si, "lowloss", None), lowloss_options=lowloss_options,
+                          dead_channels=getattr(si, "dead_channels", None))
 
     if sigma_max is None:
         sigma_max = getattr(model, "high_sigma_threshold", None) or DEFAULT_SIGMA_MAX
@@ -551,7 +552,10 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
             res = _atoms_with_lowloss(si, labels, len(positions), counts, config,
                                       lowloss_options)
         else:
-            res = preprocess(energy, counts, config)
+            dead = getattr(si, "dead_channels", None)
+            res = preprocess(energy, counts, config) if dead is None or not len(dead) or \
+                preprocess is not _default_preprocess() else \
+                preprocess(energy, counts, config, dead_channels=dead)
         mask = np.asarray(res.mask, bool)
         ain = np.asarray(res.spectra, np.float32)
         n_out = grid.n

@@ -110,7 +110,7 @@ def load_spectrum_image(
     if signal.metadata.Signal.signal_type != "EELS":
         # generic Signal1D (MSA, hspy written without a type): give it exSpy's EELS methods
         signal.set_signal_type("EELS")
-    survey = _survey_and_checks(signal, path, notes)
+    survey, dead = _survey_and_checks(signal, path, notes)
 
     if adf is None:
         adf_signal = _pick_adf(signals, signal, path)
@@ -121,6 +121,7 @@ def load_spectrum_image(
     else:
         lowloss_signal = _load_lowloss(lowloss, signal, path, lazy)
     return SpectrumImage(
+        dead_channels=dead,
         signal=signal,
         adf=adf_signal,
         survey=survey,
@@ -302,20 +303,22 @@ def _check_shape(signal, path: Path) -> None:
 
 
 def _block_stats(block: np.ndarray) -> np.ndarray:
-    """Per spectrum: total of the finite counts, whether any value is NaN/Inf, negatives."""
+    """Per spectrum: total of the finite counts, how many values are NaN/Inf, negatives."""
     finite = np.isfinite(block)
     return np.stack(
         [
             np.where(finite, block, 0).sum(axis=-1, dtype=np.float64),
-            (~finite).any(axis=-1),
+            (~finite).sum(axis=-1),
             (block < 0).sum(axis=-1),
         ],
         axis=-1,
     )
 
 
-def _survey_and_checks(signal, path: Path, notes: list) -> np.ndarray:
+def _survey_and_checks(signal, path: Path, notes: list) -> tuple[np.ndarray, np.ndarray]:
     """Total counts per pixel and counts of NaN/Inf/negative values, in one pass over the data.
+
+    Returns the survey and the dead channels (NaN/Inf in every spectrum).
 
     Lazy data are read chunk by chunk (never whole); in-memory data in blocks of rows, so that
     the temporaries stay small beside a large SI.
@@ -343,21 +346,40 @@ def _survey_and_checks(signal, path: Path, notes: list) -> np.ndarray:
         ).reshape(data.shape[:-1] + (3,))
     # a copy, not a view: a view would keep the whole (..., 3) stats array alive with the SI
     survey = np.array(stats[..., 0], dtype=np.float64)
-    bad = int(stats[..., 1].sum())
+    nonfinite = stats[..., 1]
     negative = int(stats[..., 2].sum())
 
     n_pixels = int(np.prod(data.shape[:-1], dtype=int))
-    if bad:
+    n_channels = int(data.shape[-1])
+    dead = np.zeros(0, np.int64)
+    if (nonfinite > 0).any():
+        if (nonfinite >= n_channels).all():
+            raise CorefitIOError(file_message(path, "every spectrum contains NaN or Inf values "
+                                                    "only"))
+        if (nonfinite > 0).all():
+            from napari_corefit.spectra.pipeline import find_dead_channels
+
+            dead = find_dead_channels(data)
+        if dead.size:
+            energy = signal.axes_manager.signal_axes[0].axis
+            where = ", ".join(f"{energy[i]:.2f}" for i in dead[:8]) + (
+                ", ..." if dead.size > 8 else "")
+            _note(notes, path, f"{dead.size} channel(s) are NaN or Inf in every spectrum (at "
+                               f"{where} eV: dead detector channels?); they are interpolated "
+                               "from their neighbours, and a spectrum whose model window (first "
+                               "peak -1 to +15 eV) contains one is masked")
+        bad = int((nonfinite > dead.size).sum())
         if bad == n_pixels:
             raise CorefitIOError(file_message(path, "every spectrum contains NaN or Inf values"))
-        _note(notes, path, f"{bad} of {n_pixels} spectra contain NaN or Inf values; "
-                           "those pixels will be masked")
+        if bad:
+            _note(notes, path, f"{bad} of {n_pixels} spectra contain NaN or Inf values; "
+                               "those pixels will be masked")
     if negative:
         fraction = negative / data.size
         _note(notes, path, f"{negative} channel values ({fraction:.2%}) are negative: the data "
                            "are not raw counts (dark reference or background already "
                            "subtracted?); noise estimates assume counts")
-    return survey.reshape(_as_2d(data.shape[:-1]))
+    return survey.reshape(_as_2d(data.shape[:-1])), dead
 
 
 def _as_2d(nav_shape: tuple) -> tuple[int, int]:

@@ -109,6 +109,9 @@ class SpectrumImage:
         Calibration of the signal axis, in eV.
     warnings : list of str
         What was found wrong but tolerated (also issued as :class:`CorefitIOWarning`).
+    dead_channels : numpy.ndarray of int
+        Channels that are NaN or Inf in every spectrum (dead detector channels): the engine
+        interpolates them and masks the spectra whose model window contains one.
     """
 
     signal: object
@@ -118,6 +121,7 @@ class SpectrumImage:
     path: Path | None
     energy: EnergyAxis
     warnings: list[str] = field(default_factory=list)
+    dead_channels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def navigation_shape(self) -> tuple[int, ...]:

@@ -16,6 +16,8 @@ fallback, so that a benchmark or a batch job never runs on the wrong device unno
 
 from __future__ import annotations
 
+import functools
+
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -395,7 +397,8 @@ def _allocate(shape, dtype, store, name):
 
 def predict_signal(model, signal, config=None, device="auto", batch_size=None, amp=False,
                    chunk_pixels=32768, progress=None, cancel=None, store=None, preprocess=None,
-                   prefetch=True, block_hook=None, lowloss=None, lowloss_options=None):
+                   prefetch=True, block_hook=None, lowloss=None, lowloss_options=None,
+                   dead_channels=None):
     """Preprocess and predict every pixel of a spectrum image, block by block.
 
     Each block of rows (about ``chunk_pixels`` pixels) is read (computed, when the signal is
@@ -433,6 +436,11 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
         preprocess_with_lowloss`, in memory, whole image) before the model.
     lowloss_options : dict, optional
         ``align``, ``deconvolve``, ``zlp_range`` for that function.
+    dead_channels : array_like of int, optional
+        Channels that are NaN or Inf in every spectrum (interpolated; spectra whose model
+        window holds one are masked). None: found in the signal
+        (:func:`napari_corefit.spectra.pipeline.find_dead_channels`), so that every block
+        treats them alike.
 
     Returns
     -------
@@ -447,14 +455,22 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
     """
     from napari_corefit.model.ood import ood_score
 
-    preprocess = preprocess or _default_preprocess()
+    from napari_corefit.spectra.pipeline import find_dead_channels
+
+    if dead_channels is None:
+        dead_channels = find_dead_channels(signal.data)
+    dead_channels = np.asarray(dead_channels, dtype=np.int64)
+    if preprocess is None or preprocess is _default_preprocess():
+        # the same dead channels for every block (not each block's own)
+        preprocess = functools.partial(_default_preprocess(), dead_channels=dead_channels)
     config = _preprocess_config(model, config)
     lowloss_correction = None
     if lowloss is not None or getattr(config, "pca_components", None):
         # the low-loss corrections (exSpy, whole spectra of all pixels) and PCA denoising mix
         # pixels: preprocess the whole image first, then predict block by block from the
         # preprocessed spectra (the raw blocks are still read, for block_hook)
-        preprocess = _WholeImage(signal, config, progress, cancel, lowloss, lowloss_options)
+        preprocess = _WholeImage(signal, config, progress, cancel, lowloss, lowloss_options,
+                                 dead_channels)
         lowloss_correction = preprocess.correction
         if progress is not None:  # that took the first half of the progress range
             progress = _Scaled(progress, 0.5, 0.5)
@@ -544,7 +560,8 @@ class _Scaled:
 class _WholeImage:
     """A ``preprocess`` that answers each block from one whole-image preprocessing run."""
 
-    def __init__(self, signal, config, progress, cancel, lowloss=None, lowloss_options=None):
+    def __init__(self, signal, config, progress, cancel, lowloss=None, lowloss_options=None,
+                 dead_channels=None):
         half = None if progress is None else (lambda f, m: progress(0.5 * f, m))
         self.correction = None
         if lowloss is not None:
@@ -555,7 +572,8 @@ class _WholeImage:
         else:
             from napari_corefit.spectra.pipeline import preprocess_signal
 
-            self.res = preprocess_signal(signal, config, progress=half, cancel=cancel)
+            self.res = preprocess_signal(signal, config, progress=half, cancel=cancel,
+                                         dead_channels=dead_channels)
         self.row = 0
 
     def __call__(self, energy, counts, config):

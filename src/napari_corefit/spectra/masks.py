@@ -9,7 +9,8 @@ of an image into NaN.
 code  name                meaning
 ====  ==================  ===========================================================
 0     OK                  usable
-1     NONFINITE           NaN or Inf in the raw spectrum
+1     NONFINITE           NaN or Inf in the raw spectrum, or a dead channel (NaN/Inf in
+                          every spectrum, interpolated) inside its model window
 2     NEGATIVE_TOTAL      total counts <= 0 (empty or over-subtracted pixel)
 3     BACKGROUND_FAILED   power-law fit failed (no positive counts in a half-window)
 4     NO_PEAK             no first peak found in the peak search window
@@ -46,7 +47,7 @@ class Reason(IntEnum):
 #: One line per code, for reports, tooltips and layer metadata.
 REASON_TEXT = {
     Reason.OK: "usable",
-    Reason.NONFINITE: "NaN or Inf in the spectrum",
+    Reason.NONFINITE: "NaN or Inf in the spectrum (or a dead channel in its model window)",
     Reason.NEGATIVE_TOTAL: "total counts <= 0",
     Reason.BACKGROUND_FAILED: "power-law background fit failed",
     Reason.NO_PEAK: "no first peak in the search window",

@@ -2,7 +2,8 @@
 
 Steps, each a plain function of its own module, composed here over blocks of pixels:
 
-1. checks on the raw counts (:mod:`.masks`): NaN/Inf, totals <= 0;
+1. dead channels (NaN/Inf in every spectrum) interpolated from their neighbours; checks on the
+   raw counts (:mod:`.masks`): NaN/Inf, totals <= 0;
 2. power-law background, fitted in the pre-edge window and subtracted (:mod:`.background`), only
    on the channels the later steps read (the edge region), which keeps the pipeline fast;
 3. optional PCA denoising over all usable pixels (:mod:`.denoise`);
@@ -40,7 +41,7 @@ from napari_corefit.spectra.resolution import matching_sigma
 from napari_corefit.spectra.smoothing import savgol_points
 
 __all__ = ["PreprocessConfig", "PreprocessResult", "Cancelled", "preprocess",
-           "preprocess_signal", "ALIGNMENTS"]
+           "preprocess_signal", "find_dead_channels", "ALIGNMENTS"]
 
 ALIGNMENTS = ("first_peak", "absolute")
 
@@ -239,10 +240,21 @@ class _Plan:
     extra_sigma: float
     config: PreprocessConfig
     kernel: np.ndarray | None
+    background: bool = True
+    dead: np.ndarray | None = None  # channel indices that are NaN/Inf in every spectrum
+    dead_crop: np.ndarray | None = None  # (w,) float32, 1 at dead channels of the crop
 
     @property
     def e_crop(self):
         return self.energy[self.c0:self.c1]
+
+    def repair(self, raw):
+        """Interpolate the dead channels of every row from their nearest live neighbours."""
+        if self.dead is None or not self.dead.size:
+            return raw
+        raw = np.array(raw, dtype=np.result_type(raw.dtype, np.float32))
+        raw[:, self.dead] = (raw[:, self._left] * (1 - self._w) + raw[:, self._right] * self._w)
+        return raw
 
 
 def _energy_axis(energy):
@@ -260,13 +272,24 @@ def _energy_axis(energy):
     return energy, float(step)
 
 
-def _plan(energy, config: PreprocessConfig) -> _Plan:
+def _plan(energy, config: PreprocessConfig, dead_channels=None) -> _Plan:
     energy, step = _energy_axis(energy)
     grid = config.grid
     window = None
-    if config.background:
-        window = config.background_window or default_background_window(
-            energy, edge_onset=config.edge_onset_ev)
+    background = config.background
+    if background:
+        try:
+            window = config.background_window or default_background_window(
+                energy, edge_onset=config.edge_onset_ev)
+        except ValueError:
+            if config.alignment != "first_peak" or energy[0] < config.edge_onset_ev - 3.0:
+                raise
+            # the data start at the edge (an edge-only acquisition or export): there is no
+            # pre-edge to fit; use the counts as they are, and say so
+            warnings.warn(f"no pre-edge background window: the data start at {energy[0]:.1f} "
+                          f"eV, at the carbon K edge; the spectra are used without background "
+                          f"subtraction (right for background-subtracted data)", stacklevel=3)
+            background = False
     extra = 0.0
     if config.instrument_fwhm_ev is not None:
         extra = matching_sigma(config.instrument_fwhm_ev, config.target_sigma_ev)
@@ -276,22 +299,84 @@ def _plan(energy, config: PreprocessConfig) -> _Plan:
     margin = 4.0 * extra + sg + p["half_width_ev"] + p["smooth_ev"] + 3 * step
     lo_e, hi_e = float(energy[0]), float(energy[-1])
     if config.alignment == "first_peak":
+        # each spectrum needs its own window, first peak + grid, which is checked per spectrum
+        # once its peak is found (OUT_OF_RANGE); the file is refused only when no peak in the
+        # search window could have its window inside the data
         s0, s1 = config.peak_search_ev
-        need = (s0 + grid.start, s0 + grid.stop - grid.step)
+        width = grid.stop - grid.step - grid.start
         lo, hi = s0 + grid.start - margin, s1 + grid.stop + margin
-        what = (f"the model grid ({grid.start:g} to {grid.stop:g} eV around a first peak "
-                f"searched in {s0:g}-{s1:g} eV)")
+        first = max(s0, lo_e - grid.start)  # lowest peak whose window starts inside the data
+        if first + grid.start + width > hi_e + 0.5 * step or first > s1:
+            raise ValueError(
+                f"the energy axis ({lo_e:.1f}-{hi_e:.1f} eV) does not cover the model grid "
+                f"({grid.start:g} to {grid.stop:g} eV around a first peak searched in "
+                f"{s0:g}-{s1:g} eV) for any first peak: {width:.1f} eV from "
+                f"{-grid.start:g} eV below a first peak are needed, e.g. "
+                f"{s0 + grid.start:.1f}-{s0 + grid.start + width:.1f} eV")
     else:
         need = (grid.start, grid.stop - grid.step)
         lo, hi = grid.start - margin, grid.stop + margin
         what = f"the absolute grid ({grid.start:g}-{grid.stop:g} eV)"
-    if lo_e > need[0] + 0.5 * step or hi_e < need[1] - 0.5 * step:
-        raise ValueError(f"the energy axis ({lo_e:.1f}-{hi_e:.1f} eV) does not cover {what}: "
-                         f"at least {need[0]:.1f}-{need[1]:.1f} eV is needed")
+        if lo_e > need[0] + 0.5 * step or hi_e < need[1] - 0.5 * step:
+            raise ValueError(f"the energy axis ({lo_e:.1f}-{hi_e:.1f} eV) does not cover "
+                             f"{what}: at least {need[0]:.1f}-{need[1]:.1f} eV is needed")
     c0 = max(0, int(np.floor((lo - lo_e) / step)))
     c1 = min(energy.size, int(np.ceil((hi - lo_e) / step)) + 1)
-    return _Plan(energy, step, window, c0, c1, grid, extra, config,
-                 _smoothing_kernel(extra, step, config))
+    plan = _Plan(energy, step, window, c0, c1, grid, extra, config,
+                 _smoothing_kernel(extra, step, config), background)
+    _set_dead(plan, dead_channels)
+    return plan
+
+
+def _set_dead(plan, dead):
+    """Record dead channels and the interpolation weights that repair them."""
+    n = plan.energy.size
+    dead = np.unique(np.asarray([] if dead is None else dead, dtype=np.int64))
+    if not dead.size:
+        return
+    if dead.min() < 0 or dead.max() >= n:
+        raise ValueError(f"dead channels must lie in 0..{n - 1}")
+    live = np.setdiff1d(np.arange(n), dead)
+    if live.size < 2:
+        raise ValueError("every channel is NaN or Inf")
+    k = np.searchsorted(live, dead)
+    left = live[np.clip(k - 1, 0, live.size - 1)]
+    right = live[np.clip(k, 0, live.size - 1)]
+    left = np.where(k == 0, right, left)  # beyond the ends: the nearest live channel
+    right = np.where(k == live.size, left, right)
+    span = np.where(right > left, right - left, 1)
+    plan.dead = dead
+    plan._left, plan._right = left, right
+    plan._w = ((dead - left) / span).astype(np.float32)
+    crop = np.zeros(plan.c1 - plan.c0, np.float32)
+    inside = dead[(dead >= plan.c0) & (dead < plan.c1)] - plan.c0
+    crop[inside] = 1.0
+    plan.dead_crop = crop if inside.size else None
+
+
+def find_dead_channels(counts):
+    """Channels that are NaN or Inf in every spectrum (dead detector channels).
+
+    Cheap: only the channels that are bad in the first spectrum are checked in the others
+    (``counts`` may be a dask array; then only those channels are read).
+
+    Examples
+    --------
+    >>> y = np.ones((3, 6)); y[:, 2] = np.nan; y[0, 4] = np.inf
+    >>> find_dead_channels(y).tolist()
+    [2]
+    """
+    shape = tuple(np.shape(counts))
+    if not shape or not int(np.prod(shape[:-1], dtype=np.int64)):
+        return np.zeros(0, np.int64)
+    first = counts[(0,) * (len(shape) - 1)]
+    first = np.asarray(first.compute() if hasattr(first, "compute") else first)
+    cand = np.flatnonzero(~np.isfinite(first))
+    if cand.size and len(shape) > 1:
+        cols = counts[..., cand]
+        cols = np.asarray(cols.compute() if hasattr(cols, "compute") else cols)
+        cand = cand[(~np.isfinite(cols)).reshape(-1, cand.size).all(0)]
+    return cand.astype(np.int64)
 
 
 def _smoothing_kernel(sigma_ev, step, config):
@@ -337,12 +422,13 @@ def _convolve_rows(y, kernel):
 
 def _stage1(plan: _Plan, raw, given_fit=None):
     """Raw checks, background fit and subtraction on the crop; rows (m, n) -> (m, w)."""
+    raw = plan.repair(raw)
     code, _ = raw_reasons(raw)
     bad = code != 0
     if bad.any():  # zero failed rows so that nothing downstream sees NaN/Inf
         raw = np.where(bad[:, None], 0, raw)
     m = raw.shape[0]
-    if plan.config.background:
+    if plan.background:
         fit = fit_powerlaw(plan.energy, raw, plan.window)
         sub = subtract_powerlaw(plan.e_crop, raw[:, plan.c0:plan.c1], fit, step=plan.step)
         bg_failed = ~fit.ok & ~bad
@@ -404,13 +490,17 @@ def _stage2(plan: _Plan, sub, fit, code):
         aligned = resample_absolute(e, y, grid, normalise=False)
         oor = no_peak = np.zeros(sub.shape[0], bool)
     n_edge = _window_sums(e, plan.step, sub, a, b)
+    dead_inside = np.zeros(sub.shape[0], bool)
+    if plan.dead_crop is not None:  # a dead (interpolated) channel where the model reads
+        rows = np.broadcast_to(plan.dead_crop, sub.shape)
+        dead_inside = alive & (_window_sums(e, plan.step, rows, a, b) > 0)
     bkg = _powerlaw_integral(fit, a, b)
     area = aligned.sum(-1, dtype=np.float64)
     no_edge = area <= 0
     if cfg.min_edge_snr is not None:
         noise = np.sqrt(np.maximum(n_edge + bkg, 1.0))
         no_edge |= n_edge < cfg.min_edge_snr * noise
-    code = first_reason((Reason.NONFINITE, code == Reason.NONFINITE),
+    code = first_reason((Reason.NONFINITE, (code == Reason.NONFINITE) | dead_inside),
                         (Reason.NEGATIVE_TOTAL, code == Reason.NEGATIVE_TOTAL),
                         (Reason.BACKGROUND_FAILED, code == Reason.BACKGROUND_FAILED),
                         (Reason.NO_PEAK, no_peak),
@@ -481,7 +571,7 @@ def _run(plan, blocks, n_pix, lead, progress, cancel, given_fit=None):
 
 
 def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, cancel=None,
-               background_fit=None):
+               background_fit=None, dead_channels=None):
     """Turn raw counts of any number of pixels into model-ready spectra.
 
     Parameters
@@ -500,6 +590,11 @@ def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, c
         With ``config.background`` False: the fit of a background already removed from
         ``counts`` (e.g. before a deconvolution); reported in the result and used for the
         Poisson noise of the NO_EDGE test.
+    dead_channels : array_like of int, optional
+        Channels that are NaN or Inf in every spectrum (dead detector channels); None: found
+        in ``counts`` (:func:`find_dead_channels`). They are interpolated from their live
+        neighbours; a spectrum whose model window (first peak + grid) contains one is masked
+        (NONFINITE), the others are used.
 
     Returns
     -------
@@ -531,7 +626,12 @@ def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, c
         raise ValueError("counts must have a channel axis, got a scalar")
     if not (np.issubdtype(counts.dtype, np.number) and not np.iscomplexobj(counts)):
         raise ValueError(f"counts must be real numbers, got dtype {counts.dtype}")
-    plan = _plan(energy, config)
+    if counts.shape and counts.shape[-1] != np.size(energy):
+        raise ValueError(f"counts have {counts.shape[-1]} channels but the energy axis has "
+                         f"{np.size(energy)}")
+    if dead_channels is None:
+        dead_channels = find_dead_channels(counts)
+    plan = _plan(energy, config, dead_channels)
     if counts.shape[-1] != plan.energy.size:
         raise ValueError(f"counts have {counts.shape[-1]} channels but the energy axis has "
                          f"{plan.energy.size}")
@@ -547,7 +647,8 @@ def preprocess(energy, counts, config=None, chunk_pixels=32768, progress=None, c
     return _run(plan, blocks, n_pix, lead, progress, cancel, background_fit)
 
 
-def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, cancel=None):
+def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, cancel=None,
+                      dead_channels=None):
     """:func:`preprocess` for a HyperSpy signal, read block by block (lazy signals too).
 
     Rows of the first navigation axis are read (computed, for a dask-backed signal) a block of
@@ -557,7 +658,7 @@ def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, ca
     ----------
     signal : hyperspy Signal1D (or its lazy variant)
         Signal axis energy loss in eV (uniform).
-    config, chunk_pixels, progress, cancel
+    config, chunk_pixels, progress, cancel, dead_channels
         As in :func:`preprocess`.
 
     Returns
@@ -588,8 +689,10 @@ def preprocess_signal(signal, config=None, chunk_pixels=32768, progress=None, ca
         warnings.warn(f"signal axis units are {units!r}, not 'eV'; the energies are used as eV",
                       stacklevel=2)
     energy = np.asarray(ax.axis, dtype=np.float64)
-    plan = _plan(energy, config)
     data = signal.data
+    if dead_channels is None:
+        dead_channels = find_dead_channels(data)
+    plan = _plan(energy, config, dead_channels)
     out_lead = tuple(data.shape[:-1])  # () for a single spectrum
     if data.ndim == 1:
         data = data[None]

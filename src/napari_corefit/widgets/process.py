@@ -112,7 +112,6 @@ def run_job(job, progress=None, cancel=None):
     """
     from napari_corefit.engine import predict
     from napari_corefit.model.inference import Cancelled
-    from napari_corefit.spectra.background import default_background_window
 
     t0 = time.perf_counter()
     store = None
@@ -125,9 +124,6 @@ def run_job(job, progress=None, cancel=None):
             store = tempfile.TemporaryDirectory(prefix="napari-corefit-")
         model = load_job_model(job)
         config = job_config(job, model)
-        if config.background and config.background_window is None:
-            energy = job.signal.axes_manager.signal_axes[0].axis
-            default_background_window(energy, config.edge_onset_ev)  # names the range
         result = predict(job.source, model, adf=job.adf, device=job.device, atoms=job.atoms,
                          atom_options=dict(job.atom_options), config=config,
                          chunk_pixels=job.chunk_pixels, progress=progress, cancel=cancel,
