@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import sys
 from pathlib import Path
 
@@ -108,6 +109,20 @@ def add_parser(sub):
                    help="order by carbon count, largest first (for deadline-bounded builds)")
     x.add_argument("-o", "--output", type=Path, required=True)
     x.set_defaults(func=_bundle)
+    n = dbsub.add_parser("ionise", help="add C 1s ionisation energies to a database's sites "
+                                        "(Delta-SCF pass, resumable; then --estimate the rest)")
+    n.add_argument("db", type=Path)
+    n.add_argument("--limit", type=int, help="at most this many new Delta-SCF sites")
+    n.add_argument("--seed", type=int, default=0, help="order of the molecules")
+    n.add_argument("--max-atoms", type=int, help="skip larger molecules")
+    n.add_argument("--deadline", type=float, help="start no site after this many seconds")
+    n.add_argument("--flush", action="store_true",
+                   help="write the journal as an immutable part at the end (before a commit)")
+    n.add_argument("--estimate", action="store_true",
+                   help="no Delta-SCF: fit the estimator on the Delta-SCF sites (measured on "
+                        "held-out molecules) and write estimates for every site")
+    n.add_argument("--quiet", action="store_true")
+    n.set_defaults(func=_ionise)
     db.set_defaults(func=lambda args: db.print_help())
 
     c = sub.add_parser("compute", help="one molecule (SMILES or .xyz): spectra and site DOS")
@@ -250,6 +265,42 @@ def _info(args):
     if pending:
         print(f"  {len(pending)} molecules in journals (shards still being built)")
     print(f"  recipe: {json.dumps(table.recipe)}")
+    return 0
+
+
+def _ionise(args):
+    from napari_corefit.backend import ionisation_store as store
+
+    if not args.db.is_dir():
+        raise SystemExit(f"corefit db ionise: no database at {args.db}")
+    if args.estimate:
+        from napari_corefit.backend.storage import load_database
+
+        table = load_database(args.db)
+        ref = np.where(table.sites["ionisation_method"] == "dscf",
+                       table.sites["ionisation_energy"], np.nan).astype(np.float64)
+        if np.isfinite(ref).sum() < 20:
+            raise SystemExit(f"corefit db ionise: {args.db}: only {np.isfinite(ref).sum()} "
+                             "Delta-SCF sites; run the Delta-SCF pass first")
+        coef, held, fitted = store.fit_estimator(table, ref)
+        part = store.write_estimates(args.db, table, coef, held)
+        a = np.abs(held)
+        print(f"estimator fitted on {fitted.size} Delta-SCF sites; on {a.size} held-out sites "
+              f"|error| median {np.median(a):.3f} eV, 95th percentile "
+              f"{np.percentile(a, 95):.3f} eV; wrote {part}", file=sys.stderr)
+        return 0
+    deadline = None if args.deadline is None else time.time() + args.deadline
+
+    def progress(done, total, msg):
+        if not args.quiet:
+            print(f"[{done}/{total}] {msg}", file=sys.stderr, flush=True)
+
+    n = store.run_dscf_pass(args.db, limit=args.limit, seed=args.seed, max_atoms=args.max_atoms,
+                            deadline=deadline, progress=progress)
+    print(f"{n} sites ionised", file=sys.stderr)
+    if args.flush:
+        part = store.flush_journal(args.db)
+        print(f"wrote {part}" if part else "journal empty", file=sys.stderr)
     return 0
 
 

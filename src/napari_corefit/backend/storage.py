@@ -166,6 +166,19 @@ def _get_attr(f, name):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _software_versions() -> dict:
+    """Versions of the packages a shard's numbers depend on (PySCF above all), kept with it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("pyscf", "numpy", "scipy", "napari-corefit"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
     """Write records ``[(molecule_key, arrays), ...]`` as a new immutable shard part.
 
@@ -187,7 +200,8 @@ def write_shard(db_dir, key, records, recipe_dict, extra_attrs=None) -> Path:
 
     n_sites = np.array([a["atom_index"].size for _, a in records], np.int32)
     attrs = {"format_version": FORMAT_VERSION, "recipe": json.dumps(recipe_dict, sort_keys=True),
-             "shard_key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+             "shard_key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "software": json.dumps(_software_versions())}
     attrs.update({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
                   for k, v in (extra_attrs or {}).items()})
     attrs.update(n_molecules=len(records), n_sites=int(n_sites.sum()))
@@ -623,7 +637,14 @@ def load_database(path) -> SiteTable:
             seen.update(keys)
         mol_parts.append((mol, fresh))
         site_parts.append(s)
-    return _concat(mol_parts, site_parts, recipes, shards, path)
+    table = _concat(mol_parts, site_parts, recipes, shards, path)
+    # C 1s ionisation energies live beside the shards (a database pass, ionisation_store)
+    from napari_corefit.backend.ionisation_store import join_ionisation
+
+    table.sites["ionisation_energy"], table.sites["ionisation_method"] = join_ionisation(
+        path if path.is_dir() else path.parent, table.molecules["key"], table.sites["molecule"],
+        table.sites["atom_index"])
+    return table
 
 
 def _concat(mol_parts, site_parts, recipes, shards, path):

@@ -122,7 +122,9 @@ def broaden_ragged(offsets, positions, weights, energies, sigma=BROADENING_EV, s
     offsets : array_like of int, shape (m + 1,)
     positions, weights : array_like, shape (offsets[-1],)
     energies : array_like, shape (n,)
-    sigma : float
+    sigma : float or array_like, shape (offsets[-1],)
+        Gaussian standard deviation (eV), one for all sticks or one per stick (energy-dependent
+        widths, e.g. lifetime broadening above an ionisation threshold).
     shifts : array_like, shape (m,), optional
     chunk : int
         Number of sticks evaluated per block (bounds memory to ``chunk * n`` floats).
@@ -141,15 +143,16 @@ def broaden_ragged(offsets, positions, weights, energies, sigma=BROADENING_EV, s
     row_of_stick = np.repeat(np.arange(m), counts)
     if shifts is not None:
         shifts = np.asarray(shifts, dtype=np.float64)
-    norm = 1.0 / (sigma * _SQRT_2PI)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), positions.shape)
     for s0 in range(0, positions.size, chunk):
         s1 = min(s0 + chunk, positions.size)
         rows = row_of_stick[s0:s1]
         grid = energies[None, :]
         if shifts is not None:
             grid = grid + shifts[rows][:, None]
-        z = (grid - positions[s0:s1, None]) / sigma
-        contrib = np.exp(-0.5 * z * z) * (weights[s0:s1, None] * norm)
+        sig = sigma[s0:s1, None]
+        z = (grid - positions[s0:s1, None]) / sig
+        contrib = np.exp(-0.5 * z * z) * (weights[s0:s1, None] / (sig * _SQRT_2PI))
         _add_rows(out, rows, contrib)
     return out
 

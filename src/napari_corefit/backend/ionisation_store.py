@@ -1,0 +1,274 @@
+"""C 1s ionisation energies of a database's sites, kept beside its shards (``<db>/ionisation/``).
+
+A database pass adds a field to every site without touching the shards: the values live in their
+own immutable parts, joined to the sites by (molecule key, atom index) when the database loads
+(:func:`napari_corefit.backend.storage.load_database`). Two methods fill them:
+
+``dscf``
+    :func:`napari_corefit.backend.ionisation.compute_ionisation`, the reference (seconds a site).
+``estimate``
+    :func:`fit_estimator`'s linear model of the site's stored fields, fitted on the ``dscf`` sites
+    and measured on sites held out of the fit (docs/backend.md, "Ionisation energies").
+
+A ``dscf`` value wins over an ``estimate`` of the same site. The ``dscf`` pass is resumable: each
+finished site is appended to ``journal.jsonl`` (flushed and synced), and :func:`flush_journal`
+turns the journal into a new part; a rerun skips every site already in a part or the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+__all__ = ["METHODS", "read_ionisation", "flush_journal", "run_dscf_pass", "fit_estimator",
+           "estimate_features", "write_estimates", "join_ionisation"]
+
+SUBDIR = "ionisation"
+JOURNAL = "journal.jsonl"
+#: stored method codes (uint8); 0 is "missing"
+METHODS = {"dscf": 1, "estimate": 2}
+
+
+def _dir(db_dir) -> Path:
+    return Path(db_dir) / SUBDIR
+
+
+def _read_journal(path):
+    rows = []
+    if path.exists():
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut by a crash: that site is computed again
+    return rows
+
+
+def read_ionisation(db_dir) -> dict:
+    """``{(molecule_key, atom_index): (ip_ev, method_code, status)}`` of every part and journal.
+
+    ``dscf`` values replace ``estimate`` values of the same site; among parts of one method the
+    newest wins.
+    """
+    d = _dir(db_dir)
+    out = {}
+    if not d.is_dir():
+        return out
+    rows = []
+    for p in sorted(d.glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            keys = json.loads(f["keys"][()].tobytes().decode())
+            mol = f["molecule"][()]
+            atom, ip, method = f["atom"][()], f["ip"][()], f["method"][()]
+            status = json.loads(f["status"][()].tobytes().decode())
+        rows += [(keys[m], int(a), float(e), int(c), s)
+                 for m, a, e, c, s in zip(mol, atom, ip, method, status)]
+    rows += [(r["key"], int(r["atom"]), float(r["ip"]), METHODS["dscf"], r["status"])
+             for r in _read_journal(d / JOURNAL)]
+    for key, atom, ip, code, status in rows:
+        old = out.get((key, atom))
+        if old is None or code <= old[1]:  # dscf (1) over estimate (2)
+            out[(key, atom)] = (ip, code, status)
+    return out
+
+
+def _write_part(d, rows, attrs=None) -> Path:
+    keys = sorted({r[0] for r in rows})
+    index = {k: i for i, k in enumerate(keys)}
+    tmp = d / f".part.{os.getpid()}.{uuid.uuid4().hex[:8]}.h5.tmp"
+
+    def blob(obj):
+        return np.frombuffer(json.dumps(obj).encode(), np.uint8)
+
+    with h5py.File(tmp, "w") as f:
+        opts = dict(compression="gzip", compression_opts=9, shuffle=True)
+        f.create_dataset("keys", data=blob(keys), **opts)
+        f.create_dataset("molecule", data=np.array([index[r[0]] for r in rows], np.int32), **opts)
+        f.create_dataset("atom", data=np.array([r[1] for r in rows], np.int16), **opts)
+        f.create_dataset("ip", data=np.array([r[2] for r in rows], np.float32), **opts)
+        f.create_dataset("method", data=np.array([r[3] for r in rows], np.uint8), **opts)
+        f.create_dataset("status", data=blob([r[4] for r in rows]), **opts)
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+    n = len(list(d.glob("part-*.h5")))
+    while True:  # a name of its own, never an existing part's (parts are immutable)
+        final = d / f"part-{n:03d}.h5"
+        try:
+            os.link(tmp, final)
+            break
+        except FileExistsError:
+            n += 1
+    tmp.unlink()
+    return final
+
+
+def flush_journal(db_dir):
+    """Write the ``dscf`` journal as a new immutable part and remove it; returns the part or
+    ``None`` when the journal is empty."""
+    d = _dir(db_dir)
+    rows = _read_journal(d / JOURNAL)
+    if not rows:
+        return None
+    from importlib.metadata import version
+
+    part = _write_part(d, [(r["key"], int(r["atom"]), float(r["ip"]), METHODS["dscf"],
+                            r["status"]) for r in rows],
+                       {"method": "dscf", "software": {"pyscf": version("pyscf")}})
+    (d / JOURNAL).unlink()
+    return part
+
+
+def _molecule(table, m):
+    from napari_corefit.backend.molecules import Molecule
+
+    mols = table.molecules
+    a, b = mols["atom_offsets"][m], mols["atom_offsets"][m + 1]
+    return Molecule(key=str(mols["key"][m]), name=str(mols["name"][m]),
+                    symbols=[str(s) for s in mols["symbols"][a:b]], coords=mols["coords"][a:b],
+                    source=str(mols["source"][m]), smiles=str(mols["smiles"][m]))
+
+
+def run_dscf_pass(db_dir, limit=None, seed=0, max_atoms=None, deadline=None, progress=None):
+    """Delta-SCF ionisation energies of a database's sites, in a seeded random molecule order.
+
+    Parameters
+    ----------
+    db_dir : path
+    limit : int, optional
+        Stop after this many new sites.
+    seed : int
+        Order of the molecules (a random sample of the database at any point of the pass).
+    max_atoms : int, optional
+        Skip molecules with more atoms.
+    deadline : float, optional
+        ``time.time()`` after which no new site starts.
+    progress : callable, optional
+        ``progress(done, total, message)`` after each site.
+
+    Returns
+    -------
+    int
+        Sites computed by this call. Each is in the journal as soon as it is done.
+    """
+    from napari_corefit.backend.ionisation import compute_ionisation
+    from napari_corefit.backend.recipe import Recipe
+    from napari_corefit.backend.storage import load_database
+
+    table = load_database(db_dir)
+    recipe = Recipe(**{k: (tuple(v) if isinstance(v, list) else v)
+                       for k, v in table.recipe.items() if k != "version"})
+    done = set(read_ionisation(db_dir))
+    d = _dir(db_dir)
+    d.mkdir(exist_ok=True)
+    order = np.random.default_rng(seed).permutation(table.n_molecules)
+    if max_atoms is not None:
+        order = order[table.molecules["n_atoms"][order] <= max_atoms]
+    sites_of = {}
+    for i in np.flatnonzero(table.sites["ok"]):
+        sites_of.setdefault(int(table.sites["molecule"][i]), []).append(
+            int(table.sites["atom_index"][i]))
+    todo = [(m, a) for m in order for a in sites_of.get(int(m), [])
+            if (str(table.molecules["key"][m]), a) not in done]
+    total = len(todo) if limit is None else min(limit, len(todo))
+    n = 0
+    with open(d / JOURNAL, "a") as journal:
+        for m, atom in todo[:total]:
+            if deadline is not None and time.time() > deadline:
+                break
+            res = compute_ionisation(_molecule(table, m), atom, recipe)
+            journal.write(json.dumps({"key": str(table.molecules["key"][m]), "atom": atom,
+                                      "ip": res.ionisation_energy, "status": res.status,
+                                      "seconds": round(res.seconds, 2)}) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+            n += 1
+            if progress is not None:
+                progress(n, total, f"{table.molecules['key'][m]} C{atom}: "
+                                   f"{res.ionisation_energy:.2f} eV ({res.status})")
+    return n
+
+
+def estimate_features(table) -> np.ndarray:
+    """Per-site inputs of the estimator, all stored fields: the Delta-SCF excitation energy, the
+    ground-state 1s orbital energy (Koopmans), and the first two stick energies and weights.
+
+    The IP minus the first transition is the first final state's term value; the stick
+    spectrum's spacing (how far the next final states lie, how strong the first is) tells a
+    valence pi* (large term value) from a Rydberg-like first state (small)."""
+    sites = table.sites
+    off = table.spec_offsets
+    n = table.n_sites
+    second = np.zeros(n)
+    w0 = np.zeros(n)
+    wsum3 = np.zeros(n)
+    for i in range(n):
+        e = table.spec_energy[off[i]:off[i + 1]]
+        w = table.spec_intensity[off[i]:off[i + 1]]
+        second[i] = e[1] if e.size > 1 else 10.0
+        w0[i] = w[0] if w.size else 0.0
+        wsum3[i] = w[e < 3.0].sum() if w.size else 0.0
+    e_exc = sites["excitation_energy"].astype(np.float64)
+    core = sites["core_1s"].astype(np.float64)
+    total = np.maximum(wsum3, 1e-9)
+    return np.column_stack([np.ones(n), e_exc - 290.0, core - np.nanmedian(core),
+                            np.minimum(second, 10.0), w0 / total])
+
+
+def fit_estimator(table, ip, holdout=0.25, seed=0):
+    """Least-squares linear model IP ~ :func:`estimate_features`, fitted on the sites with a
+    finite ``ip`` outside a molecule-level hold-out; returns coefficients and the hold-out
+    errors (estimate - reference, eV)."""
+    x = estimate_features(table)
+    ok = np.isfinite(ip) & np.isfinite(x).all(axis=1)
+    mol = table.sites["molecule"]
+    rng = np.random.default_rng(seed)
+    held_mols = set(rng.permutation(np.unique(mol[ok]))[:int(holdout * np.unique(mol[ok]).size)])
+    held = ok & np.isin(mol, list(held_mols))
+    fit = ok & ~held
+    coef, *_ = np.linalg.lstsq(x[fit], ip[fit], rcond=None)
+    return coef, (x[held] @ coef - ip[held]), (x[fit] @ coef - ip[fit])
+
+
+def write_estimates(db_dir, table, coef, errors):
+    """A part of ``estimate`` values for every ok site, with the model and its measured errors
+    in the part's attributes."""
+    x = estimate_features(table)
+    ip = x @ coef
+    ok = table.sites["ok"] & np.isfinite(ip)
+    rows = [(str(table.molecules["key"][table.sites["molecule"][i]]),
+             int(table.sites["atom_index"][i]), float(ip[i]), METHODS["estimate"], "ok")
+            for i in np.flatnonzero(ok)]
+    err = np.abs(errors)
+    attrs = {"method": "estimate", "coefficients": [float(c) for c in coef],
+             "features": "1, E_exc-290, core_1s-median, second stick (eV, <=10), w0/w(<3 eV)",
+             "holdout_sites": int(err.size),
+             "holdout_median_abs_ev": float(np.median(err)) if err.size else float("nan"),
+             "holdout_p95_abs_ev": float(np.percentile(err, 95)) if err.size else float("nan")}
+    _dir(db_dir).mkdir(exist_ok=True)
+    return _write_part(_dir(db_dir), rows, attrs)
+
+
+def join_ionisation(db_dir, molecule_keys, site_molecule, site_atom):
+    """Arrays ``(ionisation_energy, ionisation_method)`` for a database's sites: NaN and ``""``
+    where no pass has reached a site (an older database)."""
+    values = read_ionisation(db_dir)
+    names = {v: k for k, v in METHODS.items()}
+    ip = np.full(len(site_atom), np.nan, np.float32)
+    method = np.full(len(site_atom), "", dtype=object)
+    if values:
+        for i, (m, a) in enumerate(zip(site_molecule, site_atom)):
+            v = values.get((str(molecule_keys[m]), int(a)))
+            if v is not None and v[2] == "ok":
+                ip[i], method[i] = v[0], names[v[1]]
+    return ip, method
