@@ -101,11 +101,12 @@ def ionisation_energies(table, continuum=CONTINUUM, warn=True):
     return ip
 
 
-def absolute_site_spectra(table, energies, sigma=BROADENING_EV, continuum=DISCRETE, ip=None):
+def absolute_site_spectra(table, energies, sigma=BROADENING_EV, continuum=CONTINUUM, ip=None):
     """Broadened site spectra at absolute energy loss (each site at its own E_exc).
 
-    With a :class:`Continuum`, each site gets its ionisation step and energy-dependent widths
-    about its IP (``ip``, eV, one per site; default :func:`ionisation_energies`).
+    With a :class:`Continuum` (default :data:`CONTINUUM`), each site gets its ionisation step and
+    energy-dependent widths about its IP (``ip``, eV, one per site; default
+    :func:`ionisation_energies`); ``continuum=DISCRETE`` gives the discrete lines.
     """
     energies = np.asarray(energies, dtype=np.float64)
     e_exc = table.sites["excitation_energy"].astype(np.float64)
