@@ -64,15 +64,15 @@ class Continuum:
     sums; ``benchmarks/bench_measured.py --fit``, docs/backend.md "Spectra with a continuum").
     """
 
-    step_height: float = 0.25
-    step_width_ev: float = 0.8
-    sigma_max_ev: float = 3.0
-    ramp_ev: float = 8.0
-    onset_ev: float = 0.0
-    damping: float = 1.0
+    step_height: float = 0.16
+    step_width_ev: float = 2.05
+    sigma_max_ev: float = 5.37
+    ramp_ev: float = 13.7
+    onset_ev: float = -1.63
+    damping: float = 0.69
     #: threshold of a site without a stored IP: E_exc + this (eV; the median term value of the
     #: first final state over the database's Delta-SCF sites)
-    fallback_term_ev: float = 4.0
+    fallback_term_ev: float = 3.8
 
     def as_dict(self):
         return asdict(self)
