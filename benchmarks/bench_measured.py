@@ -42,7 +42,7 @@ XPS_IP = {"benzene": 290.4, "carbon_monoxide": 296.2}
 
 #: the Continuum fields that --fit varies, with their search ranges
 FIT_RANGES = {"step_height": (0.0, 1.0), "step_width_ev": (0.3, 2.5), "sigma_max_ev": (0.5, 6.0),
-              "ramp_ev": (1.0, 15.0), "onset_ev": (-2.0, 4.0), "damping": (0.2, 1.0)}
+              "ramp_ev": (1.0, 15.0), "onset_ev": (-4.0, 4.0), "damping": (0.2, 1.0)}
 
 
 def read_gas_phase(path):

@@ -63,7 +63,8 @@ def test_lines_above_the_ip_broaden_with_energy_and_keep_their_area():
     s_bound, a_bound = width(285.0)
     s_near, _ = width(291.0)  # 1 eV above the IP: 10 % of the ramp
     assert s_bound == pytest.approx(BROADENING_EV, rel=0.02)
-    assert s_near == pytest.approx(BROADENING_EV + 0.1 * (3.0 - BROADENING_EV), rel=0.05)
+    assert s_near == pytest.approx(np.sqrt(BROADENING_EV ** 2 + 0.01 * (9.0 - BROADENING_EV ** 2)),
+                                   rel=0.05)
     far = abs(E - 305.0) < 10.0
     sig_far = np.sqrt((y[far] * (E[far] - 305.0) ** 2).sum() / y[far].sum())
     assert sig_far == pytest.approx(3.0, rel=0.05)  # the ramp's end: sigma_max
@@ -85,8 +86,10 @@ def test_realistic_spectra_are_the_default_and_keep_the_first_peak(tiny_table):
         x_disc, p_disc = site_spectra(ok, continuum=DISCRETE, return_peaks=True)
         x_default = site_spectra(ok)
     np.testing.assert_array_equal(x_default, x_cont)
-    # the engine's detector finds the same first peak on both (within a fine-grid step)
-    assert np.abs(p_cont - p_disc).max() <= 0.021
+    # the engine's detector finds the same first peak on both: the continuum's broad tails tilt
+    # the background under it and move its maximum by 0.12 eV at most here (0.5 eV broadening)
+    assert np.abs(p_cont - p_disc).max() < 0.15
+    assert np.median(np.abs(p_cont - p_disc)) < 0.05
     assert not np.allclose(x_cont, x_disc)
     # the continuum raises the high-energy end (the step) relative to the discrete lines' gaps
     assert (x_cont[:, -20:].min(axis=1) > x_disc[:, -20:].min(axis=1)).mean() > 0.8
@@ -153,3 +156,30 @@ def test_continuum_defaults_are_recorded():
     d = CONTINUUM.as_dict()
     assert set(d) >= {"step_height", "step_width_ev", "sigma_max_ev", "ramp_ev", "onset_ev",
                       "damping"}
+
+
+def test_the_engine_gives_back_the_realistic_training_inputs_from_a_sample(tiny_table):
+    """Generator, training curves and engine agree on the realistic recipe: a noise-free sample
+    spectrum of each site, on a power-law background, preprocessed by the engine, is that
+    site's training input (same first peak, same curve)."""
+    from napari_corefit.sample_data.generate import SampleSettings, site_spectra_on_axis
+    from napari_corefit.spectra.pipeline import preprocess
+    from napari_corefit.training.dataset import build_curves, default_preprocess_config
+
+    ok = tiny_table.select(tiny_table.sites["ok"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no IPs in the tiny database: the stated fallback
+        rows = build_curves(ok, level="site")
+        settings = SampleSettings()
+        spec = site_spectra_on_axis(ok, np.arange(ok.n_sites), settings)
+        _, rel_peak = site_spectra(ok, return_peaks=True)
+    assert settings.to_dict()["continuum"] == CONTINUUM.as_dict()  # recorded in the file
+    e = settings.energy.values
+    counts = spec * 1e6 + 1e4 * (e / 284.0) ** -3.0
+    res = preprocess(e, counts.astype(np.float32), default_preprocess_config())
+    assert (res.reason == 0).all()
+    peaks = rel_peak + ok.sites["excitation_energy"]
+    assert np.abs(res.peak_energy - peaks).max() < 0.02
+    x, ref = np.asarray(res.spectra, np.float64), rows.clean.astype(np.float64)
+    cos = (x * ref).sum(-1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() > 0.999

@@ -39,8 +39,9 @@ def test_site_rows_are_normalised_curves_of_every_ok_site(tiny_table, rows):
     at_abs_peak = np.array([np.interp(p, e, a) for p, a in zip(rows.peak, rows.absolute)])
     assert np.all(at_abs_peak >= 0.28 * rows.absolute[:, window].max(-1))
     # absolute spectra: nothing below each site's own E_exc (its first transition, maybe dark)
+    # but the Gaussian tails of the continuum's resonances, several eV wide (< 1 % of the maximum)
     below = e[None, :] < rows.reference[:, None] - 2.0
-    assert np.all(np.where(below, rows.absolute, 0).max(-1) < 2e-3 * rows.absolute.max(-1))
+    assert np.all(np.where(below, rows.absolute, 0).max(-1) < 1e-2 * rows.absolute.max(-1))
     assert np.all(np.where(~below, rows.absolute, 0).max(-1) == rows.absolute.max(-1))
 
 

@@ -52,24 +52,25 @@ class Continuum:
     """The few global parameters that turn stick spectra into measured-looking ones.
 
     Below a site's C 1s ionisation energy (IP) every final state is a bound state, broadened by
-    the instrument-matched ``sigma`` of the model grid. Above it the finite basis's discrete
-    virtual orbitals stand for the continuum: their Gaussian width grows linearly from ``sigma``
-    at ``IP + onset_ev`` to ``sigma_max_ev`` at ``IP + onset_ev + ramp_ev`` (constant beyond,
-    the energy-dependent widths of NEXAFS simulations, e.g. StoBe's), and their weights are
-    scaled by ``damping``. An ionisation step, an error function of standard deviation
-    ``step_width_ev`` centred on the IP, ``step_height`` times the height of the site's
-    strongest bound-state peak, adds the continuum's smooth oscillator strength.
+    the instrument-matched ``sigma`` of the model grid (0.5 eV). Near and above it the finite
+    basis's discrete virtual orbitals stand for the continuum: their Gaussian width grows from
+    ``sigma`` at ``IP + onset_ev`` to ``sigma_max_ev`` at ``IP + onset_ev + ramp_ev`` (an extra
+    width added in quadrature, rising linearly; constant beyond: the energy-dependent widths of
+    NEXAFS simulations), and the lines above the IP are scaled by ``damping``. An ionisation
+    step, an error function of standard deviation ``step_width_ev`` centred on the IP,
+    ``step_height`` times the height of the site's strongest bound-state peak, adds the
+    continuum's smooth oscillator strength. Every line keeps its area whatever its width.
 
     The values of :data:`CONTINUUM` were fitted on ten measured gas-phase spectra (molecular
     sums; ``benchmarks/bench_measured.py --fit``, docs/backend.md "Spectra with a continuum").
     """
 
-    step_height: float = 0.16
-    step_width_ev: float = 2.05
-    sigma_max_ev: float = 5.37
-    ramp_ev: float = 13.7
-    onset_ev: float = -1.63
-    damping: float = 0.69
+    step_height: float = 0.29
+    step_width_ev: float = 0.75
+    sigma_max_ev: float = 6.0
+    ramp_ev: float = 9.34
+    onset_ev: float = -1.97
+    damping: float = 0.55
     #: threshold of a site without a stored IP: E_exc + this (eV; the median term value of the
     #: first final state over the database's Delta-SCF sites)
     fallback_term_ev: float = 3.8
@@ -119,18 +120,27 @@ def absolute_site_spectra(table, energies, sigma=BROADENING_EV, continuum=CONTIN
     row = np.repeat(np.arange(counts.size), counts)
     above = table.spec_energy.astype(np.float64) - (ip - e_exc)[row]  # stick - IP
     ramp = np.clip((above - c.onset_ev) / max(c.ramp_ev, 1e-9), 0.0, 1.0)
-    widths = sigma + (max(c.sigma_max_ev, sigma) - sigma) * ramp
+    # the continuum's extra width adds in quadrature to the Gaussian ``sigma``: a spectrum
+    # broadened by part of the model's width here and by an instrument for the rest (the sample
+    # generator) equals one broadened by all of it
+    extra = np.sqrt(max(c.sigma_max_ev ** 2 - BROADENING_EV ** 2, 0.0)) * ramp
+    widths = np.sqrt(sigma ** 2 + extra ** 2)
     weights = np.where(above > 0, c.damping, 1.0) * table.spec_intensity
-    bound = np.where(above <= 0, weights, 0.0)
     y = broaden_ragged(table.spec_offsets, table.spec_energy, weights, energies, widths,
                        shifts=-e_exc)
     if c.step_height:
-        # the step's height: the strongest bound-state peak (the whole curve where no final
-        # state lies below the IP)
-        y_bound = broaden_ragged(table.spec_offsets, table.spec_energy, bound, energies, sigma,
-                                 shifts=-e_exc)
-        peak = np.where(y_bound.max(axis=1) > 0, y_bound.max(axis=1), y.max(axis=1))
-        z = (energies[None, :] - ip[:, None]) / (np.sqrt(2.0) * c.step_width_ev)
+        # the step's height: the strongest bound-state peak at the model's width (the whole
+        # curve where no final state lies below the IP), whatever ``sigma`` this call uses
+        bound = np.where(above <= 0, weights, 0.0)
+        y_bound = broaden_ragged(table.spec_offsets, table.spec_energy, bound, energies,
+                                 BROADENING_EV, shifts=-e_exc)
+        if not (bound > 0).all():
+            y_all = broaden_ragged(table.spec_offsets, table.spec_energy, weights, energies,
+                                   np.sqrt(BROADENING_EV ** 2 + extra ** 2), shifts=-e_exc)
+            y_bound = np.where(y_bound.max(axis=1, keepdims=True) > 0, y_bound, y_all)
+        peak = y_bound.max(axis=1)
+        width = np.sqrt(max(c.step_width_ev ** 2 - (BROADENING_EV ** 2 - sigma ** 2), 1e-6))
+        z = (energies[None, :] - ip[:, None]) / (np.sqrt(2.0) * width)
         y = y + c.step_height * peak[:, None] * 0.5 * (1.0 + erf(z))
     return y
 

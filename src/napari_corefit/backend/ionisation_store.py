@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-__all__ = ["METHODS", "read_ionisation", "flush_journal", "run_dscf_pass", "fit_estimator",
+__all__ = ["METHODS", "FEATURES", "read_ionisation", "flush_journal", "run_dscf_pass", "fit_estimator",
            "estimate_features", "write_estimates", "join_ionisation"]
 
 SUBDIR = "ionisation"
@@ -199,50 +199,78 @@ def run_dscf_pass(db_dir, limit=None, seed=0, max_atoms=None, deadline=None, pro
     return n
 
 
-def estimate_features(table) -> np.ndarray:
-    """Per-site inputs of the estimator, all stored fields: the Delta-SCF excitation energy, the
-    ground-state 1s orbital energy (Koopmans), and the first two stick energies and weights.
+#: names of the estimator's inputs, in the order of :func:`estimate_features`' columns
+FEATURES = ("1", "E_exc - 290 eV", "core 1s - median (Koopmans, eV)", "second stick (eV, <= 10)",
+            "first stick's share of the weight below 3 eV", "H neighbours", "C neighbours",
+            "N neighbours", "O neighbours", "F neighbours", "atoms in the molecule",
+            "sum of 1/r to the other heavy atoms (1/A)")
 
-    The IP minus the first transition is the first final state's term value; the stick
-    spectrum's spacing (how far the next final states lie, how strong the first is) tells a
-    valence pi* (large term value) from a Rydberg-like first state (small)."""
-    sites = table.sites
+
+def estimate_features(table) -> np.ndarray:
+    """Per-site inputs of the estimator, all from stored fields: the Delta-SCF excitation energy,
+    the ground-state 1s orbital energy (Koopmans), the first stick energies and weights, and the
+    carbon's surroundings in the stored geometry (:data:`FEATURES`).
+
+    The IP is the Koopmans 1s energy less the core hole's relaxation, which the excitation energy
+    (relaxed by Delta-SCF itself) and the surroundings (neighbours to screen the hole, molecule
+    size) describe; the IP minus the first transition is the first final state's term value, which
+    the stick spectrum's spacing tells (a valence pi* lies far below the IP, a Rydberg-like first
+    state close to it)."""
+    sites, mols = table.sites, table.molecules
     off = table.spec_offsets
     n = table.n_sites
-    second = np.zeros(n)
-    w0 = np.zeros(n)
-    wsum3 = np.zeros(n)
+    out = np.zeros((n, len(FEATURES)))
+    out[:, 0] = 1.0
+    out[:, 1] = sites["excitation_energy"].astype(np.float64) - 290.0
+    core = sites["core_1s"].astype(np.float64)
+    out[:, 2] = core - np.nanmedian(core) if n else core
     for i in range(n):
         e = table.spec_energy[off[i]:off[i + 1]]
         w = table.spec_intensity[off[i]:off[i + 1]]
-        second[i] = e[1] if e.size > 1 else 10.0
-        w0[i] = w[0] if w.size else 0.0
-        wsum3[i] = w[e < 3.0].sum() if w.size else 0.0
-    e_exc = sites["excitation_energy"].astype(np.float64)
-    core = sites["core_1s"].astype(np.float64)
-    total = np.maximum(wsum3, 1e-9)
-    return np.column_stack([np.ones(n), e_exc - 290.0, core - np.nanmedian(core),
-                            np.minimum(second, 10.0), w0 / total])
+        out[i, 3] = min(float(e[1]), 10.0) if e.size > 1 else 10.0
+        low = w[e < 3.0].sum() if w.size else 0.0
+        out[i, 4] = float(w[0] / low) if w.size and low > 0 else 0.0
+        m = sites["molecule"][i]
+        a, b = mols["atom_offsets"][m], mols["atom_offsets"][m + 1]
+        xyz, sym = mols["coords"][a:b], mols["symbols"][a:b]
+        d = np.linalg.norm(xyz - xyz[sites["atom_index"][i]], axis=1)
+        bonded = (d > 0.1) & (d < 1.65)
+        for j, el in enumerate(("H", "C", "N", "O", "F")):
+            out[i, 5 + j] = np.count_nonzero(bonded & (sym == el))
+        out[i, 10] = b - a
+        heavy = (d > 0.1) & (sym != "H")
+        out[i, 11] = float(np.sum(1.0 / d[heavy])) if heavy.any() else 0.0
+    return out
 
 
-def fit_estimator(table, ip, holdout=0.25, seed=0):
-    """Least-squares linear model IP ~ :func:`estimate_features`, fitted on the sites with a
-    finite ``ip`` outside a molecule-level hold-out; returns coefficients and the hold-out
-    errors (estimate - reference, eV)."""
+def fit_estimator(table, ip, folds=5, seed=0):
+    """Least-squares linear model IP ~ :func:`estimate_features` on the sites with a finite
+    ``ip`` (the Delta-SCF reference).
+
+    Returns the coefficients fitted on every reference site, the out-of-fold errors of every
+    reference site (estimate - reference, eV; ``folds``-fold cross-validation by molecule, so a
+    site is scored by a model that saw no site of its molecule), and the reference sites' count.
+    """
     x = estimate_features(table)
-    ok = np.isfinite(ip) & np.isfinite(x).all(axis=1)
-    mol = table.sites["molecule"]
-    rng = np.random.default_rng(seed)
-    held_mols = set(rng.permutation(np.unique(mol[ok]))[:int(holdout * np.unique(mol[ok]).size)])
-    held = ok & np.isin(mol, list(held_mols))
-    fit = ok & ~held
-    coef, *_ = np.linalg.lstsq(x[fit], ip[fit], rcond=None)
-    return coef, (x[held] @ coef - ip[held]), (x[fit] @ coef - ip[fit])
+    ok = np.flatnonzero(np.isfinite(ip) & np.isfinite(x).all(axis=1))
+    mol = np.asarray(table.sites["molecule"])[ok]
+    groups = np.random.default_rng(seed).permutation(np.unique(mol))
+    fold_of = {m: k % folds for k, m in enumerate(groups)}
+    fold = np.array([fold_of[m] for m in mol])
+    errors = np.zeros(ok.size)
+    for k in range(folds):
+        test = fold == k
+        if not test.any():
+            continue
+        coef, *_ = np.linalg.lstsq(x[ok[~test]], ip[ok[~test]], rcond=None)
+        errors[test] = x[ok[test]] @ coef - ip[ok[test]]
+    coef, *_ = np.linalg.lstsq(x[ok], ip[ok], rcond=None)
+    return coef, errors, ok.size
 
 
 def write_estimates(db_dir, table, coef, errors):
-    """A part of ``estimate`` values for every ok site, with the model and its measured errors
-    in the part's attributes."""
+    """A part of ``estimate`` values for every ok site, with the model and its cross-validated
+    errors (``errors``, from :func:`fit_estimator`) in the part's attributes."""
     x = estimate_features(table)
     ip = x @ coef
     ok = table.sites["ok"] & np.isfinite(ip)
@@ -251,10 +279,10 @@ def write_estimates(db_dir, table, coef, errors):
             for i in np.flatnonzero(ok)]
     err = np.abs(errors)
     attrs = {"method": "estimate", "coefficients": [float(c) for c in coef],
-             "features": "1, E_exc-290, core_1s-median, second stick (eV, <=10), w0/w(<3 eV)",
-             "holdout_sites": int(err.size),
-             "holdout_median_abs_ev": float(np.median(err)) if err.size else float("nan"),
-             "holdout_p95_abs_ev": float(np.percentile(err, 95)) if err.size else float("nan")}
+             "features": list(FEATURES),
+             "reference_sites": int(err.size),
+             "cv_median_abs_ev": float(np.median(err)) if err.size else float("nan"),
+             "cv_p95_abs_ev": float(np.percentile(err, 95)) if err.size else float("nan")}
     _dir(db_dir).mkdir(exist_ok=True)
     return _write_part(_dir(db_dir), rows, attrs)
 

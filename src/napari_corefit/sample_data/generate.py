@@ -21,7 +21,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from napari_corefit.backend.curves import absolute_site_spectra, site_dos
+from napari_corefit.backend.curves import CONTINUUM, Continuum, absolute_site_spectra, site_dos
 from napari_corefit.spectra.grids import BROADENING_EV, DOS_GRID, EnergyGrid
 
 __all__ = ["ATOMIC_NUMBER", "SampleSettings", "carbon_site_rows", "project_to_plane",
@@ -68,12 +68,15 @@ class SampleSettings:
         degrees (and flipped at random). Nearly aligned molecules, as in a molecular layer, give
         the image's autocorrelation a clear peak at the bond length, from which the atom finder
         estimates the column separation by default; 180 gives random orientations.
+    continuum : Continuum or None
+        How sticks become spectra (:mod:`napari_corefit.backend.curves`): the realistic recipe
+        by default (ionisation step and continuum widths), None for the discrete lines.
     """
 
     def __init__(self, size=112, pixel_nm=0.02, spacing_nm=0.55, probe_fwhm_nm=0.06,
                  dose=2.0e4, signal_to_background=1.0, background_exponent=3.0,
                  resolution_fwhm=None, adf_counts=200.0, adf_read_noise=3.0, energy=SI_AXIS,
-                 rotation_deg=10.0):
+                 rotation_deg=10.0, continuum=CONTINUUM):
         self.size = int(size)
         self.pixel_nm = float(pixel_nm)
         self.spacing_nm = float(spacing_nm)
@@ -86,6 +89,8 @@ class SampleSettings:
         self.adf_read_noise = float(adf_read_noise)
         self.energy = energy if isinstance(energy, EnergyGrid) else EnergyGrid(*energy)
         self.rotation_deg = float(rotation_deg)
+        self.continuum = continuum if continuum is None or isinstance(continuum, Continuum) \
+            else Continuum(**continuum)
         if self.size < 8:
             raise ValueError(f"size must be at least 8 pixels, got {self.size}")
         if self.dose <= 0 or self.signal_to_background <= 0:
@@ -96,8 +101,9 @@ class SampleSettings:
                              f"model's broadening ({BROADENING_EV} eV standard deviation)")
 
     def to_dict(self):
-        d = {k: v for k, v in vars(self).items() if k != "energy"}
+        d = {k: v for k, v in vars(self).items() if k not in ("energy", "continuum")}
         d["energy"] = self.energy.to_dict()
+        d["continuum"] = None if self.continuum is None else self.continuum.as_dict()
         return d
 
 
@@ -270,7 +276,8 @@ def site_spectra_on_axis(table, sites, settings):
     sub = table.select(np.isin(np.arange(table.n_sites), sites))
     order = np.searchsorted(np.flatnonzero(np.isin(np.arange(table.n_sites), sites)), sites)
     # sticks broadened by what the instrument leaves of the model's width, then the instrument
-    spec = absolute_site_spectra(sub, e.values, np.sqrt(BROADENING_EV ** 2 - sig_r ** 2))
+    spec = absolute_site_spectra(sub, e.values, np.sqrt(BROADENING_EV ** 2 - sig_r ** 2),
+                                 continuum=settings.continuum)
     if sig_r > 0:
         spec = ndimage.gaussian_filter1d(spec, sig_r / e.step, axis=-1, mode="nearest")
     spec = spec[order]

@@ -98,7 +98,7 @@ def _group_sum(values, groups, n_groups, weights):
 
 def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_GRID,
                  sigma=BROADENING_EV, noise_axis: EnergyGrid | None = None,
-                 molecules=None, allow_empty=False) -> CurveSet:
+                 molecules=None, allow_empty=False, continuum="default") -> CurveSet:
     """Broaden a database's usable sites into model rows.
 
     Parameters
@@ -109,6 +109,9 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
     input_grid, output_grid : EnergyGrid
     sigma : float
         Gaussian broadening, eV.
+    continuum : Continuum or None
+        How sticks become spectra (``backend.curves``): the realistic recipe (``CONTINUUM``,
+        the default) or None for the discrete lines; the same for clean and noised inputs.
     noise_axis : EnergyGrid, optional
         Also keep absolute spectra on this axis (needed to draw noisy inputs).
     molecules : array of int, optional
@@ -123,6 +126,8 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
     """
     from napari_corefit.backend import curves
 
+    if isinstance(continuum, str) and continuum == "default":
+        continuum = curves.CONTINUUM
     if level not in ("site", "molecule"):
         raise ValueError(f"level must be 'site' or 'molecule', got {level!r}")
     ok = np.asarray(table.sites["ok"], bool)
@@ -143,13 +148,14 @@ def build_curves(table, level="site", input_grid=SPECTRUM_GRID, output_grid=DOS_
     dos = curves.site_dos(sites, grid=output_grid, sigma=sigma)
     absolute = None
     if level == "site":
-        clean = curves.site_spectra(sites, grid=input_grid, sigma=sigma)
+        clean = curves.site_spectra(sites, grid=input_grid, sigma=sigma, continuum=continuum)
         if noise_axis is not None:
-            absolute = curves.absolute_site_spectra(sites, noise_axis.values, sigma=sigma)
+            absolute = curves.absolute_site_spectra(sites, noise_axis.values, sigma=sigma,
+                                                    continuum=continuum)
         cs = CurveSet("site", mol, site_ids, dos, clean, absolute, e_exc, mult)
     else:
         cs = _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigma,
-                            noise_axis)
+                            noise_axis, continuum)
     cs.targets = np.asarray(cs.targets, dtype=np.float32)
     cs.clean = np.asarray(cs.clean, dtype=np.float32)
     cs.peak = np.full(len(cs), np.nan)
@@ -173,7 +179,8 @@ def _empty_curves(level, input_grid, output_grid, noise_axis):
                     z, z, z)
 
 
-def _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigma, noise_axis):
+def _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigma, noise_axis,
+                   continuum):
     from napari_corefit.backend import curves
 
     n_mol = len(table.molecules["key"])
@@ -183,13 +190,15 @@ def _molecule_rows(table, sites, mol, mult, e_exc, input_grid, output_grid, sigm
     present = np.zeros(n_mol, bool)
     present[mol] = True
     keep = np.flatnonzero(present & ~failed)
-    ms = _by_molecule(curves.molecule_spectra(sites, grid=input_grid, sigma=sigma), n_mol)
+    ms = _by_molecule(curves.molecule_spectra(sites, grid=input_grid, sigma=sigma,
+                                              continuum=continuum), n_mol)
     md = _by_molecule(curves.molecule_dos(sites, grid=output_grid, sigma=sigma), n_mol)
     ref = np.full(n_mol, np.inf)
     np.minimum.at(ref, mol, e_exc)
     absolute = None
     if noise_axis is not None:
-        a = curves.absolute_site_spectra(sites, noise_axis.values, sigma=sigma)
+        a = curves.absolute_site_spectra(sites, noise_axis.values, sigma=sigma,
+                                         continuum=continuum)
         absolute = _group_sum(a, mol, n_mol, mult)[keep]
     return CurveSet("molecule", keep, keep, md[keep], ms[keep], absolute, ref[keep],
                     np.ones(keep.size))

@@ -99,16 +99,26 @@ def reuse_rows():
         _ROWS_CACHE = outer
 
 
-def _cached_rows(table, level, in_grid, out_grid, sigma, noise_axis, molecules):
+def spectra_recipe(cfg):
+    """The :class:`~napari_corefit.backend.curves.Continuum` a model was trained on (its
+    config's ``spectra``); None (discrete lines) for models trained before the continuum."""
+    from napari_corefit.backend.curves import Continuum
+
+    c = (cfg.get("spectra") or {}).get("continuum")
+    return None if c is None else Continuum(**c)
+
+
+def _cached_rows(table, level, in_grid, out_grid, sigma, noise_axis, molecules, continuum=None):
     def build():
         return build_curves(table, level=level, input_grid=in_grid, output_grid=out_grid,
                             sigma=sigma, noise_axis=noise_axis, molecules=molecules,
-                            allow_empty=True)
+                            allow_empty=True, continuum=continuum)
 
     if _ROWS_CACHE is None:
         return build()
     mol_key = None if molecules is None else np.asarray(molecules, np.int64).tobytes()
-    key = (id(table), level, in_grid, out_grid, sigma, mol_key)
+    key = (id(table), level, in_grid, out_grid, sigma, mol_key,
+           None if continuum is None else tuple(sorted(continuum.as_dict().items())))
     if noise_axis is not None:
         axes = [noise_axis]
     else:  # rows that also hold absolute spectra serve a noise-free request as well
@@ -167,7 +177,8 @@ def evaluate_model(loaded, table, split="test", level=None, noise=None, device=N
         # broaden only the split's molecules: a test split is a tenth of the database, and a
         # model card evaluates dozens of models on it
         rows = _cached_rows(table, level, in_grid, out_grid, sigma,
-                            noise.axis if need_absolute else None, molecules)
+                            noise.axis if need_absolute else None, molecules,
+                            spectra_recipe(cfg))
     if molecules is not None:
         rows = rows.in_molecules(molecules)
     if len(rows) == 0:

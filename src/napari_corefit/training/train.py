@@ -117,8 +117,11 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         table = load_database(db)
     pp = preprocess_config or default_preprocess_config()
     need_absolute = noise.noisy or pp.savgol_window_ev is not None
+    from napari_corefit.backend.curves import CONTINUUM
+
     rows = build_curves(table, level=level, input_grid=SPECTRUM_GRID, output_grid=DOS_GRID,
-                        sigma=BROADENING_EV, noise_axis=noise.axis if need_absolute else None)
+                        sigma=BROADENING_EV, noise_axis=noise.axis if need_absolute else None,
+                        continuum=CONTINUUM)
     keys = np.asarray(table.molecules["key"]).astype(str)
     n_atoms = np.asarray(table.molecules["n_atoms"])
     eligible = np.zeros(len(keys), bool)
@@ -158,6 +161,8 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         "input_grid": SPECTRUM_GRID.to_dict(),
         "output_grid": DOS_GRID.to_dict(),
         "broadening_ev": BROADENING_EV,
+        # how sticks became spectra (backend.curves.Continuum; evaluation rebuilds the same)
+        "spectra": {"continuum": CONTINUUM.as_dict()},
         "alignment": "input grid relative to the first peak (napari_corefit.spectra.peaks."
                      "find_first_peak); output grid relative to E_F (HOMO/LUMO midpoint)",
         "normalisation": "inputs and both output curves area-normalised (sum * step == 1)",
