@@ -185,6 +185,38 @@ def twin_ranks(db_table, keys, meas, own, continuum, chunk=None):
     return out
 
 
+def score_model(model_dir, level, table, keys, names, meas, mean_dos=None):
+    """A model on the measured set: measured -> DOS and the molecule's own simulated spectrum
+    (with the model's own recipe) -> DOS, each against the backend's ground-state molecular DOS
+    (cosine per channel), beside the average training DOS (``mean_dos``, when given)."""
+    from napari_corefit.backend.curves import molecule_dos
+    from napari_corefit.model.checkpoint import load_default, load_model
+    from napari_corefit.model.inference import predict_spectra
+    from napari_corefit.training.evaluate import spectra_recipe
+
+    model = load_default(level=level) if model_dir == "default" else load_model(model_dir)
+    ids, dos = molecule_dos(table)
+    row = {str(table.molecules["key"][m]): i for i, m in enumerate(ids)}
+    truth = dos[[row[k] for k in keys]]
+    sim = simulated(table, keys, spectra_recipe(model.config))[0]
+    out = {}
+    for lab, x in (("measured", meas), ("simulated", sim)):
+        pred, _ = predict_spectra(model, x.astype(np.float32), device="cpu")
+        out[lab] = np.stack([cosine(pred[:, c], truth[:, c]) for c in (0, 1)], axis=1)
+    if mean_dos is not None:
+        out["average DOS"] = np.stack([cosine(mean_dos[None, c], truth[:, c]) for c in (0, 1)],
+                                      axis=1)
+    print(f"\nModel {model_dir} ({level} level, trained on "
+          f"{'discrete lines' if spectra_recipe(model.config) is None else 'the continuum'}): "
+          "DOS cosine occupied / unoccupied against the backend's molecular DOS")
+    print(f"{'molecule':>16}" + "".join(f" {lab:>17}" for lab in out))
+    for i, name in enumerate(names):
+        print(f"{name:>16}" + "".join(f"    {v[i, 0]:.3f} / {v[i, 1]:.3f}" for v in out.values()))
+    print(f"{'median':>16}" + "".join(f"    {np.median(v[:, 0]):.3f} / {np.median(v[:, 1]):.3f}"
+                                       for v in out.values()))
+    return out
+
+
 def plot(path, spectra_set, meas, sims, labels):
     import matplotlib
 
@@ -225,6 +257,11 @@ def main(argv=None):
     ap.add_argument("--fit", action="store_true", help="fit the Continuum parameters (and LOO)")
     ap.add_argument("--no-rank", action="store_true", help="skip the twin rank (minutes)")
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--model", action="append", default=[], metavar="DIR",
+                    help="score a model on the set (measured -> DOS; 'default' for the bundled "
+                         "one); may be given more than once")
+    ap.add_argument("--level", default="molecule", choices=["site", "molecule"],
+                    help="level of the bundled model scored by --model default")
     args = ap.parse_args(argv)
     if not (args.shared / "molecules.tsv").exists():
         print(f"bench_measured: no measured set at {args.shared}: skipped")
@@ -297,6 +334,8 @@ def main(argv=None):
                                                                     r["first 5 eV"]))
             print(f"{lab:>10}: median {np.median(r['whole']):.0f} / "
                   f"{np.median(r['first 5 eV']):.0f}   ({per})", flush=True)
+    for model_dir in args.model:
+        score_model(model_dir, args.level, table, keys, names, meas)
     if args.plot:
         labs = [lab for lab in ("discrete", "fitted" if args.fit else "continuum")]
         plot(args.plot, spectra_set, meas, [results[lab][0] for lab in labs], labs)
