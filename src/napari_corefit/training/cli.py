@@ -39,6 +39,9 @@ def add_parser(subparsers):
     p.add_argument("--arch-options", default=None, metavar="JSON",
                    help='architecture settings, e.g. \'{"dropout": 0.1}\'')
     p.add_argument("--split", choices=sorted(SPLIT_KINDS), default="random")
+    p.add_argument("--spectra", choices=["continuum", "discrete"], default="continuum",
+                   help="how sticks become spectra: the realistic recipe with the ionisation "
+                        "continuum (default) or the discrete lines of models before 2026-12-08")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
@@ -116,7 +119,8 @@ def _train(args):
     train_model(args.db, args.out, level=args.level, preprocess_config=pp,
                 noise=_noise_model(args.noise, args.signal_to_background),
                 n_members=args.members, arch=args.arch, arch_options=options, split=args.split,
-                seed=args.seed, settings=settings, progress=not args.quiet)
+                seed=args.seed, settings=settings, progress=not args.quiet,
+                continuum="default" if args.spectra == "continuum" else None)
     print(f"model written to {args.out}", file=sys.stderr)
     return 0
 

@@ -60,7 +60,7 @@ def _log(msg, progress):
 def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp",
                 arch_options=None, split="random", seed=0, settings=None, progress=True,
                 table=None, preprocess_config=None, train_fraction=1.0, member_cache=None,
-                only_members=None):
+                only_members=None, continuum="default"):
     """Train an ensemble on a database, evaluate it on its test molecules and save it.
 
     Parameters
@@ -96,6 +96,9 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         trained before from the same architecture, settings, seed and rows is reused. Without
         it, members wait in ``out/members-in-progress`` until the ensemble is saved, so that a
         stopped run resumes at the member it was training.
+    continuum : Continuum or None
+        How sticks become spectra (``backend.curves``): the realistic recipe (``CONTINUUM``,
+        the default) or None for the discrete lines; recorded in the config (``spectra``).
     only_members : list of int, optional
         Train just these members (indices, member i has seed ``settings.seed + i``) into
         ``member_cache`` and return None; nothing is written to ``out``. A later call without
@@ -119,9 +122,11 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
     need_absolute = noise.noisy or pp.savgol_window_ev is not None
     from napari_corefit.backend.curves import CONTINUUM
 
+    if isinstance(continuum, str) and continuum == "default":
+        continuum = CONTINUUM
     rows = build_curves(table, level=level, input_grid=SPECTRUM_GRID, output_grid=DOS_GRID,
                         sigma=BROADENING_EV, noise_axis=noise.axis if need_absolute else None,
-                        continuum=CONTINUUM)
+                        continuum=continuum)
     keys = np.asarray(table.molecules["key"]).astype(str)
     n_atoms = np.asarray(table.molecules["n_atoms"])
     eligible = np.zeros(len(keys), bool)
@@ -162,7 +167,7 @@ def train_model(db, out, level="site", noise=None, n_members=5, arch="paper_mlp"
         "output_grid": DOS_GRID.to_dict(),
         "broadening_ev": BROADENING_EV,
         # how sticks became spectra (backend.curves.Continuum; evaluation rebuilds the same)
-        "spectra": {"continuum": CONTINUUM.as_dict()},
+        "spectra": {"continuum": None if continuum is None else continuum.as_dict()},
         "alignment": "input grid relative to the first peak (napari_corefit.spectra.peaks."
                      "find_first_peak); output grid relative to E_F (HOMO/LUMO midpoint)",
         "normalisation": "inputs and both output curves area-normalised (sum * step == 1)",
