@@ -12,8 +12,10 @@ backend's simulation of the same molecule (``data/db_measured``, built from
 - cosine on the whole input window and on the first 5 eV (grid -1 to 5 eV above the first peak);
 - the first-peak position against the measured one, and the Delta-SCF IP against gas-phase XPS
   where the set's molecule has a published value here;
-- the twin rank: every molecular spectrum of ``data/db`` (8,182 molecules) and the molecule's own
-  simulation ranked by cosine to the measured spectrum; where does its own land (1 = nearest)?
+- the twin rank: every molecular spectrum of ``data/db`` (8,182 molecules) ranked by cosine to
+  the measured spectrum; where does the molecule's own simulation land (1 = nearest)? Its own is
+  the database's entry where the database holds the molecule, else the set's simulation
+  (``data/db_measured``) added to the ranking.
 
 ``--fit`` chooses the :class:`Continuum` parameters by maximising the median cosine over the ten
 (whole window and first 5 eV, equally; seeded random starts, then Nelder-Mead), and reports the
@@ -167,22 +169,44 @@ def fit(table, keys, meas, start, rows=None, starts=40, maxfev=300, seed=0):
     return make(res.x), -float(res.fun)
 
 
-def twin_ranks(db_table, keys, meas, own, continuum, chunk=None):
-    """Rank of each molecule's own simulation among every ``db_table`` molecule's (cosine)."""
+def twin_ranks(db_table, keys, meas, own, continuum, smiles):
+    """Rank of each molecule's own simulation among every ``db_table`` molecule's (cosine).
+
+    The own simulation is the database's entry of the molecule where it holds one (the same
+    geometry source and recipe as every competitor), else the measured set's simulation
+    (``own``, from ``data/db_measured``) added to the pool. Returns the ranks per window and
+    where each twin came from."""
     from napari_corefit.backend.curves import molecule_spectra
 
     ids, pool = molecule_spectra(db_table, continuum=continuum)
-    pool_keys = np.array([str(db_table.molecules["key"][m]) for m in ids])
-    out = {}
+    pool_keys = [str(db_table.molecules["key"][m]) for m in ids]
+    in_db = _canonical_keys(db_table, smiles)
+    row = {k: i for i, k in enumerate(pool_keys)}
+    out = {"source": [in_db[i] or "db_measured" for i in range(len(keys))]}
     for w, m in _windows().items():
         ranks = []
-        for i, k in enumerate(keys):
+        for i in range(len(keys)):
             c_pool = cosine(meas[i, m][None], pool[:, m])
-            c_pool = c_pool[pool_keys != k]  # the own molecule enters once, as ``own``
-            c_own = cosine(meas[i, m], own[i, m])[0]
+            if in_db[i] is not None:
+                c_own = c_pool[row[in_db[i]]]
+            else:
+                c_own = cosine(meas[i, m], own[i, m])[0]
             ranks.append(1 + int((c_pool > c_own).sum()))
         out[w] = np.array(ranks)
     return out
+
+
+def _canonical_keys(table, smiles_list):
+    """The table's molecule key of each SMILES (RDKit canonical form), or None."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    canon = {}
+    for m, smi in enumerate(table.molecules["smiles"]):
+        mol = Chem.MolFromSmiles(str(smi))
+        if mol is not None:
+            canon.setdefault(Chem.MolToSmiles(mol), str(table.molecules["key"][m]))
+    return [canon.get(Chem.MolToSmiles(Chem.MolFromSmiles(s))) for s in smiles_list]
 
 
 def score_model(model_dir, level, table, keys, names, meas, mean_dos=None):
@@ -322,6 +346,21 @@ def main(argv=None):
     if args.fit:
         line += f"    {np.median(loo):.3f} / {np.median(loo5):.3f}"
     print(line)
+    regions = {"first peak (-1-1 eV)": (-1.0, 1.0), "bound states (1-5 eV)": (1.0, 5.0),
+               "continuum (5-15 eV)": (5.0, 15.0)}
+    from napari_corefit.spectra.grids import SPECTRUM_GRID
+
+    g = SPECTRUM_GRID.values
+    sim = results["fitted" if args.fit else "continuum"][0]
+    print("\nWhere measured and simulated (continuum) differ: the share of the squared difference "
+          "in each region, and the simulated/measured area of the first peak region")
+    print(f"{'molecule':>16}" + "".join(f" {r:>22}" for r in regions) + f" {'peak area s/m':>14}")
+    for i, name in enumerate(names):
+        d2 = (sim[i] - meas[i]) ** 2
+        shares = [d2[(g >= lo) & (g < hi)].sum() / d2.sum() for lo, hi in regions.values()]
+        first = (g >= -1.0) & (g < 1.0)
+        ratio = sim[i, first].sum() / meas[i, first].sum()
+        print(f"{name:>16}" + "".join(f" {v:22.2f}" for v in shares) + f" {ratio:14.2f}")
     if not args.no_rank:
         db = load_database(args.db)
         print(f"\nTwin rank among {db.n_molecules} molecules of {args.db} (+ the molecule's own "
@@ -329,9 +368,11 @@ def main(argv=None):
         for lab, c in recipes.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = twin_ranks(db, keys, meas, results[lab][0], c)
+                r = twin_ranks(db, keys, meas, results[lab][0], c, [x[1] for x in spectra_set])
             per = "  ".join(f"{n[:10]} {a}/{b}" for n, a, b in zip(names, r["whole"],
                                                                     r["first 5 eV"]))
+            if lab == "discrete":
+                print("  twins: " + ", ".join(f"{n} {src}" for n, src in zip(names, r["source"])))
             print(f"{lab:>10}: median {np.median(r['whole']):.0f} / "
                   f"{np.median(r['first 5 eV']):.0f}   ({per})", flush=True)
     for model_dir in args.model:

@@ -145,10 +145,22 @@ def test_the_ionisation_pass_is_resumable_and_touches_nothing_else(tiny_db, tmp_
     store.flush_journal(db)
     parts = sorted((db / "ionisation").glob("part-*.h5"))
     assert len(parts) == 2
-    with h5py.File(parts[0], "r") as f:
-        assert f["ip"].dtype == np.float32 and f["ip"].shape == (1,)
     again = load_database(db)
     np.testing.assert_array_equal(again.sites["ionisation_energy"], new.sites["ionisation_energy"])
+    # estimates for every site do not stop the pass, and a Delta-SCF value wins over them
+    table = load_database(db)
+    x = store.estimate_features(table)
+    store.write_estimates(db, table, np.r_[290.0, np.zeros(x.shape[1] - 1)], np.zeros(3))
+    mixed = load_database(db)
+    assert (mixed.sites["ionisation_method"] == "dscf").sum() == 3
+    assert (mixed.sites["ionisation_method"] == "estimate").sum() == table.n_sites - 3
+    np.testing.assert_array_equal(mixed.sites["ionisation_energy"][have],
+                                  new.sites["ionisation_energy"][have])
+    assert store.run_dscf_pass(db, limit=1, max_atoms=5) == 1
+    parts = sorted((db / "ionisation").glob("part-*.h5"))
+    assert len(parts) == 3
+    with h5py.File(parts[0], "r") as f:
+        assert f["ip"].dtype == np.float32 and f["ip"].shape == (1,)
 
 
 def test_continuum_defaults_are_recorded():

@@ -115,6 +115,7 @@ def add_parser(sub):
     n.add_argument("--limit", type=int, help="at most this many new Delta-SCF sites")
     n.add_argument("--seed", type=int, default=0, help="order of the molecules")
     n.add_argument("--max-atoms", type=int, help="skip larger molecules")
+    n.add_argument("--min-atoms", type=int, help="skip smaller molecules")
     n.add_argument("--deadline", type=float, help="start no site after this many seconds")
     n.add_argument("--flush", action="store_true",
                    help="write the journal as an immutable part at the end (before a commit)")
@@ -297,7 +298,7 @@ def _ionise(args):
             print(f"[{done}/{total}] {msg}", file=sys.stderr, flush=True)
 
     n = store.run_dscf_pass(args.db, limit=args.limit, seed=args.seed, max_atoms=args.max_atoms,
-                            deadline=deadline, progress=progress)
+                            min_atoms=args.min_atoms, deadline=deadline, progress=progress)
     print(f"{n} sites ionised", file=sys.stderr)
     if args.flush:
         part = store.flush_journal(args.db)

@@ -139,7 +139,8 @@ def _molecule(table, m):
                     source=str(mols["source"][m]), smiles=str(mols["smiles"][m]))
 
 
-def run_dscf_pass(db_dir, limit=None, seed=0, max_atoms=None, deadline=None, progress=None):
+def run_dscf_pass(db_dir, limit=None, seed=0, max_atoms=None, deadline=None, progress=None,
+                  min_atoms=None):
     """Delta-SCF ionisation energies of a database's sites, in a seeded random molecule order.
 
     Parameters
@@ -149,8 +150,8 @@ def run_dscf_pass(db_dir, limit=None, seed=0, max_atoms=None, deadline=None, pro
         Stop after this many new sites.
     seed : int
         Order of the molecules (a random sample of the database at any point of the pass).
-    max_atoms : int, optional
-        Skip molecules with more atoms.
+    max_atoms, min_atoms : int, optional
+        Skip molecules with more (fewer) atoms.
     deadline : float, optional
         ``time.time()`` after which no new site starts.
     progress : callable, optional
@@ -168,12 +169,15 @@ def run_dscf_pass(db_dir, limit=None, seed=0, max_atoms=None, deadline=None, pro
     table = load_database(db_dir)
     recipe = Recipe(**{k: (tuple(v) if isinstance(v, list) else v)
                        for k, v in table.recipe.items() if k != "version"})
-    done = set(read_ionisation(db_dir))
+    # estimates do not count as done: the pass replaces them by the reference
+    done = {k for k, v in read_ionisation(db_dir).items() if v[1] == METHODS["dscf"]}
     d = _dir(db_dir)
     d.mkdir(exist_ok=True)
     order = np.random.default_rng(seed).permutation(table.n_molecules)
     if max_atoms is not None:
         order = order[table.molecules["n_atoms"][order] <= max_atoms]
+    if min_atoms is not None:
+        order = order[table.molecules["n_atoms"][order] >= min_atoms]
     sites_of = {}
     for i in np.flatnonzero(table.sites["ok"]):
         sites_of.setdefault(int(table.sites["molecule"][i]), []).append(
