@@ -90,7 +90,10 @@ def ceiling(model, table, truth):
     from napari_corefit.sample_data.score import cosine
 
     sites = truth["site"][truth["carbon"]]
-    x = site_spectra(table)[sites].astype(np.float32)
+    from napari_corefit.training.evaluate import spectra_recipe
+
+    # the model's own recipe: discrete lines for models trained before the continuum
+    x = site_spectra(table, continuum=spectra_recipe(model.config))[sites].astype(np.float32)
     mean, _ = predict_spectra(model, x, device="cpu")
     return cosine(mean[:, 0], truth["dos"][:, 0]), cosine(mean[:, 1], truth["dos"][:, 1])
 
@@ -149,14 +152,18 @@ def run(db, model, table, doses, seeds, size, min_distance, work, plot=None, mol
     from napari_corefit.sample_data import read_truth, write_sample
     from napari_corefit.sample_data.generate import SampleSettings, make_sample
     from napari_corefit.sample_data.score import cosine, score_result
+    from napari_corefit.training.evaluate import spectra_recipe
 
+    # samples made with the recipe the model was trained on (the continuum for new models)
+    recipe = spectra_recipe(model.config)
     rows = []
     for dose in doses:
         acc = {"recall": [], "precision": [], "n_true": 0, "n_carbon": 0, "scored": 0,
                "cos_o": [], "cos_u": [], "edge": [], "seconds": 0.0, "ceil_o": [], "ceil_u": [],
                "base_o": [], "base_u": [], "inside": []}
         for seed in seeds:
-            si, adf = make_sample(table, SampleSettings(size=size, dose=dose), seed=seed,
+            si, adf = make_sample(table, SampleSettings(size=size, dose=dose,
+                                                        continuum=recipe), seed=seed,
                                   molecules=molecules, db_path=str(db))
             path = write_sample(work / f"s_{dose:g}_{seed}.hspy", si, adf)
             t0 = time.perf_counter()

@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
   echo "assembled from them by \`benchmarks/make_results.sh\`."
   echo
   for f in results_backend.md results_preprocess.md results_inference.md results_big_si.md \
-           results_end_to_end.md results_shard_format.md; do
+           results_end_to_end.md results_shard_format.md results_measured.md; do
     [ -f "$f" ] || continue
     sed -e 's/^## /### /' -e 's/^# /## /' "$f"
     echo

@@ -36,6 +36,9 @@ def add_parser(subparsers):
                    metavar=("START", "STEP", "N"), help="energy-loss axis, eV")
     m.add_argument("--molecules", default=None, metavar="KEYS",
                    help="comma-separated molecule keys or SMILES to use (default: all usable)")
+    m.add_argument("--spectra", choices=["continuum", "discrete"], default="continuum",
+                   help="how sticks become spectra: the realistic recipe (default) or the "
+                        "discrete lines the models before 2026-12-08 were trained on")
     m.set_defaults(func=_make)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
@@ -71,7 +74,8 @@ def _make(args):
     settings = SampleSettings(size=args.size, pixel_nm=args.pixel, probe_fwhm_nm=args.probe,
                               dose=args.dose, signal_to_background=args.sb,
                               resolution_fwhm=args.resolution,
-                              energy=EnergyGrid(start, step, int(n)))
+                              energy=EnergyGrid(start, step, int(n)),
+                              **({} if args.spectra == "continuum" else {"continuum": None}))
     si, adf = make_sample(table, settings, seed=args.seed,
                           molecules=_molecule_indices(table, args.molecules),
                           db_path=str(args.db))
