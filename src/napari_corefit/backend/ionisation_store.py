@@ -12,7 +12,9 @@ own immutable parts, joined to the sites by (molecule key, atom index) when the 
 
 A ``dscf`` value wins over an ``estimate`` of the same site. The ``dscf`` pass is resumable: each
 finished site is appended to ``journal.jsonl`` (flushed and synced), and :func:`flush_journal`
-turns the journal into a new part; a rerun skips every site already in a part or the journal.
+turns the journal into a new part, never rewritten; a rerun skips every site already in a part or
+the journal. The ``estimate`` part is derived from the ``dscf`` parts and replaced whole each time
+the estimator is refitted.
 """
 
 from __future__ import annotations
@@ -288,7 +290,16 @@ def write_estimates(db_dir, table, coef, errors):
              "cv_median_abs_ev": float(np.median(err)) if err.size else float("nan"),
              "cv_p95_abs_ev": float(np.percentile(err, 95)) if err.size else float("nan")}
     _dir(db_dir).mkdir(exist_ok=True)
-    return _write_part(_dir(db_dir), rows, attrs)
+    old = [p for p in _dir(db_dir).glob("part-*.h5") if _part_method(p) == "estimate"]
+    part = _write_part(_dir(db_dir), rows, attrs)
+    for p in old:  # estimates are derived from the Delta-SCF parts: the newest replaces them
+        p.unlink()
+    return part
+
+
+def _part_method(path):
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("method", ""))
 
 
 def join_ionisation(db_dir, molecule_keys, site_molecule, site_atom):
