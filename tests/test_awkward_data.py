@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from eels_files import save_eels
 from napari_corefit.cli import main
 from napari_corefit.io import CorefitIOWarning, load_spectrum_image
 from napari_corefit.model.checkpoint import save_model
@@ -19,13 +20,7 @@ from napari_corefit.spectra.synthetic import synthetic_si
 
 
 def _save(path, counts, e0, step=0.1):
-    s = hs.signals.Signal1D(np.asarray(counts, np.float32))
-    for ax, name in zip(s.axes_manager.navigation_axes, ("x", "y")):
-        ax.name, ax.units, ax.scale = name, "nm", 0.2
-    sig = s.axes_manager.signal_axes[0]
-    sig.name, sig.units, sig.offset, sig.scale = "Energy loss", "eV", e0, step
-    s.save(path, overwrite=True)
-    return path
+    return save_eels(path, counts, e0, step, scale=0.2, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from eels_files import save_eels
 from napari_corefit.cli import main
 from napari_corefit.io.napari_reader import get_reader
 from napari_corefit.model.checkpoint import save_model
@@ -18,14 +19,7 @@ from napari_corefit.spectra.pipeline import PreprocessConfig
 from napari_corefit.spectra.synthetic import synthetic_si
 
 
-def _save(path, counts, e0, step=0.1, nav_names=("x", "y")):
-    s = hs.signals.Signal1D(np.asarray(counts))
-    for ax, name in zip(s.axes_manager.navigation_axes, nav_names):
-        ax.name, ax.units, ax.scale = name, "nm", 0.25
-    sig = s.axes_manager.signal_axes[0]
-    sig.name, sig.units, sig.offset, sig.scale = "Energy loss", "eV", e0, step
-    s.save(path, overwrite=True)
-    return path
+_save = save_eels
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_gr
 from napari_corefit.backend.occupation import core_hole_occ, excited_electron_occ, set_occupation
 from napari_corefit.backend.recipe import HARTREE_EV
 
-__all__ = ["SiteResult", "compute_core_hole", "localise_core_hole", "core_hole_occ",
-           "set_occupation"]
+__all__ = ["SiteResult", "SiteGroundState", "compute_core_hole", "site_ground_state",
+           "energy_difference", "localise_core_hole", "core_hole_occ", "set_occupation"]
 
 
 @dataclass
@@ -317,6 +317,55 @@ def _fallback_stages(recipe):
             ("strong-shift", strong)]
 
 
+@dataclass
+class SiteGroundState:
+    """A carbon's mixed-basis ground state and its localised 1s: where both the core-excited
+    state (:func:`compute_core_hole`) and the core-ionised cation (``ionisation``) start."""
+
+    mol: object
+    gs: object  # converged RKS in the mixed basis
+    c: np.ndarray  # orbitals with column ``hole`` the 1s localised on the carbon
+    hole: int
+    nocc: int
+    other_cores: np.ndarray  # the other occupied 1s orbitals (AO coefficients, columns)
+
+
+def site_ground_state(molecule, atom, recipe, dm_uniform=None, mol_uniform=None):
+    """The mixed-basis ground state of a site (``C@1`` basis on ``atom``) and its localised 1s.
+
+    Raises ``_SiteFailure`` when the 1s cannot be localised on the carbon. The caller clears
+    ``result.gs._numint``'s cache when done (AO values of this basis: hundreds of MB).
+    """
+    mol = build_mol(molecule, recipe, excited=atom)
+    dm0 = None
+    if dm_uniform is not None:
+        dm0 = scf.addons.project_dm_nr2nr(mol_uniform, dm_uniform, mol)
+    gs = run_ground_state(mol, recipe, dm0=dm0)
+    c, hole, pop0 = localise_core_hole(gs, atom)
+    site = SiteGroundState(mol, gs, c, hole, int(np.count_nonzero(gs.mo_occ > 0)),
+                           np.zeros((c.shape[0], 0)))
+    if pop0 < recipe.min_hole_population:
+        raise _SiteFailure(f"1s orbital not localisable on atom {atom} ({pop0:.2f})")
+    cores = np.flatnonzero((gs.mo_energy < -5.0) & (gs.mo_occ > 0))
+    site.other_cores = c[:, cores[cores != hole]]
+    return site
+
+
+def energy_difference(site, mf, recipe):
+    """E(state ``mf``) - E(ground state) in eV, both exchange-correlation energies on the
+    recipe's fine energy grid when it differs from the SCF grid (``fastscf.xc_energies``)."""
+    gs = site.gs
+    e_gs, e_x = gs.e_tot, mf.e_tot
+    if recipe.energy_grid_level is not None and recipe.energy_grid_level != recipe.grid_level:
+        # both converged densities re-integrated on the fine grid in one pass
+        dm_gs, dm_x = gs.make_rdm1(), mf.make_rdm1()
+        fine = make_grids(site.mol, recipe.energy_grid_level)
+        fine_gs, fine_x = xc_energies(mf, [dm_gs, dm_x], fine)
+        e_gs += fine_gs - xc_energy(gs, dm_gs, gs.grids)
+        e_x += fine_x - xc_energy(mf, dm_x, mf.grids)
+    return (e_x - e_gs) * HARTREE_EV
+
+
 def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None):
     """Delta-SCF excited core hole on carbon ``atom`` and its spectrum sticks.
 
@@ -337,23 +386,11 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
     """
     t0 = time.perf_counter()
     res = SiteResult(atom_index=atom)
-    gs = None
+    site = None
     try:
-        mol = build_mol(molecule, recipe, excited=atom)
-        dm0 = None
-        if dm_uniform is not None:
-            dm0 = scf.addons.project_dm_nr2nr(mol_uniform, dm_uniform, mol)
-        gs = run_ground_state(mol, recipe, dm0=dm0)
-        e_gs = gs.e_tot
-        dm_gs = gs.make_rdm1()
-        regrid = recipe.energy_grid_level is not None and \
-            recipe.energy_grid_level != recipe.grid_level
-        c, hole, pop0 = localise_core_hole(gs, atom)
-        if pop0 < recipe.min_hole_population:
-            raise _SiteFailure(f"1s orbital not localisable on atom {atom} ({pop0:.2f})")
-        nocc = int(np.count_nonzero(gs.mo_occ > 0))
-        cores = np.flatnonzero((gs.mo_energy < -5.0) & (gs.mo_occ > 0))
-        other_cores = c[:, cores[cores != hole]]
+        site = site_ground_state(molecule, atom, recipe, dm_uniform, mol_uniform)
+        mol, gs, c, hole, nocc = site.mol, site.gs, site.c, site.hole, site.nocc
+        other_cores = site.other_cores
         occ_a = (gs.mo_occ > 0).astype(np.float64)
         occ_b = occ_a.copy()
         occ_a[hole] = 0.0
@@ -386,15 +423,7 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
         res.cycles, res.stage = cycles, stage
         eps, ca, empty, h, x = (state[k] for k in ("eps", "ca", "empty", "h", "x"))
         res.hole_population = state["hole_population"]
-        e_x = mf.e_tot
-        if regrid:
-            # both converged densities re-integrated on the fine grid in one pass (fastscf)
-            dm_x = mf.make_rdm1()
-            fine = make_grids(mol, recipe.energy_grid_level)
-            fine_gs, fine_x = xc_energies(mf, [dm_gs, dm_x], fine)
-            e_gs += fine_gs - xc_energy(gs, dm_gs, gs.grids)
-            e_x += fine_x - xc_energy(mf, dm_x, mf.grids)
-        res.excitation_energy = (e_x - e_gs) * HARTREE_EV
+        res.excitation_energy = energy_difference(site, mf, recipe)
         if not np.isfinite(res.excitation_energy):
             raise _SiteFailure("non-finite energy")
         res.s2 = float(mf.spin_square()[0])
@@ -420,8 +449,8 @@ def compute_core_hole(molecule, atom, recipe, dm_uniform=None, mol_uniform=None)
     except Exception as exc:  # noqa: BLE001 - a failed site must never crash a build
         res.status = f"failed: {type(exc).__name__}: {exc}"
     finally:
-        if gs is not None:
-            gs._numint.clear_cache()  # AO values of this site's basis: hundreds of MB
+        if site is not None:
+            site.gs._numint.clear_cache()  # AO values of this site's basis: hundreds of MB
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -15,14 +15,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from pyscf import scf
-
+from napari_corefit.backend import corehole
 from napari_corefit.backend.corehole import (_core_weight, _fallback_stages, _mom_solve,
-                                             _SiteFailure, localise_core_hole)
-from napari_corefit.backend.fastscf import make_grids, make_ks, xc_energies, xc_energy
-from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_ground_state
+                                             _SiteFailure, energy_difference, site_ground_state)
+from napari_corefit.backend.fastscf import make_ks
+from napari_corefit.backend.groundstate import lowdin_weights
 from napari_corefit.backend.occupation import core_hole_occ
-from napari_corefit.backend.recipe import HARTREE_EV
 
 __all__ = ["IonisationResult", "compute_ionisation"]
 
@@ -45,9 +43,7 @@ def _cation_check(mf, hole, atom, recipe, other_cores):
     s = mf.get_ovlp()
     if other_cores.shape[1]:
         weight = _core_weight(mf, other_cores, s)
-        from napari_corefit.backend.corehole import MIN_CORE_WEIGHT
-
-        if weight < MIN_CORE_WEIGHT:
+        if weight < corehole.MIN_CORE_WEIGHT:
             raise _SiteFailure(f"another atom's 1s lost {1 - weight:.2f} of an electron")
     ca, occ = mf.mo_coeff[0], mf.mo_occ[0]
     empty = np.flatnonzero(occ < 0.5)
@@ -87,38 +83,21 @@ def compute_ionisation(molecule, atom, recipe, dm_uniform=None, mol_uniform=None
     """
     t0 = time.perf_counter()
     res = IonisationResult(atom_index=atom)
-    gs = None
+    site = None
     try:
-        mol = build_mol(molecule, recipe, excited=atom)
-        dm0 = None
-        if dm_uniform is not None:
-            dm0 = scf.addons.project_dm_nr2nr(mol_uniform, dm_uniform, mol)
-        gs = run_ground_state(mol, recipe, dm0=dm0)
-        e_gs, dm_gs = gs.e_tot, gs.make_rdm1()
-        c, hole, pop0 = localise_core_hole(gs, atom)
-        if pop0 < recipe.min_hole_population:
-            raise _SiteFailure(f"1s orbital not localisable on atom {atom} ({pop0:.2f})")
-        nocc = int(np.count_nonzero(gs.mo_occ > 0))
-        cores = np.flatnonzero((gs.mo_energy < -5.0) & (gs.mo_occ > 0))
-        other_cores = c[:, cores[cores != hole]]
+        site = site_ground_state(molecule, atom, recipe, dm_uniform, mol_uniform)
+        gs, c, hole, nocc = site.gs, site.c, site.hole, site.nocc
         occ_b = (gs.mo_occ > 0).astype(np.float64)
         occ_a = occ_b.copy()
         occ_a[hole] = 0.0
         mo0, occ0 = np.array([c, c]), np.array([occ_a, occ_b])
-        mf = core_hole_occ(make_ks(mol, recipe, unrestricted=True, share=gs), c[:, hole],
+        mf = core_hole_occ(make_ks(site.mol, recipe, unrestricted=True, share=gs), c[:, hole],
                            nocc - 1, nocc)
         mf, stage, cycles, population = _mom_solve(
             mf, mo0, occ0, _fallback_stages(recipe),
-            check=lambda m: _cation_check(m, c[:, hole], atom, recipe, other_cores))
+            check=lambda m: _cation_check(m, c[:, hole], atom, recipe, site.other_cores))
         res.stage, res.cycles, res.hole_population = stage, cycles, population
-        e_x = mf.e_tot
-        if recipe.energy_grid_level is not None and recipe.energy_grid_level != recipe.grid_level:
-            dm_x = mf.make_rdm1()
-            fine = make_grids(mol, recipe.energy_grid_level)
-            fine_gs, fine_x = xc_energies(mf, [dm_gs, dm_x], fine)
-            e_gs += fine_gs - xc_energy(gs, dm_gs, gs.grids)
-            e_x += fine_x - xc_energy(mf, dm_x, mf.grids)
-        res.ionisation_energy = (e_x - e_gs) * HARTREE_EV
+        res.ionisation_energy = energy_difference(site, mf, recipe)
         if not np.isfinite(res.ionisation_energy):
             raise _SiteFailure("non-finite energy")
     except _SiteFailure as exc:
@@ -126,7 +105,7 @@ def compute_ionisation(molecule, atom, recipe, dm_uniform=None, mol_uniform=None
     except Exception as exc:  # noqa: BLE001 - a failed site must never crash a pass
         res.status = f"failed: {type(exc).__name__}: {exc}"
     finally:
-        if gs is not None:
-            gs._numint.clear_cache()
+        if site is not None:
+            site.gs._numint.clear_cache()
     res.seconds = time.perf_counter() - t0
     return res
