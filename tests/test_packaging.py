@@ -77,3 +77,52 @@ def test_ci_runs_the_readme_test_command():
     assert "bash scripts/test.sh" in ci.splitlines()
     assert "bash scripts/test.sh" in readme
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+_HIDE_GUI = '''
+import importlib.abc, sys
+GUI = ("napari", "qtpy", "magicgui", "napari_matplotlib", "PyQt5", "PyQt6", "PySide2", "PySide6",
+       "superqt", "vispy")
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in GUI:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden: a core install)")
+        return None
+
+sys.meta_path.insert(0, Hide())
+'''
+
+
+def test_the_engine_and_predict_run_without_the_gui_packages(tmp_path):
+    """A core install (``pip install napari-corefit``, no [gui]/[napari] extra) runs the engine
+    and ``corefit predict``: every GUI package is made unimportable in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from napari_corefit.spectra.synthetic import synthetic_si
+
+    e, counts, _ = synthetic_si((4, 4), edge_counts=3000, seed=1)
+    np.savez(tmp_path / "si.npz", e=e, counts=counts)
+    code = _HIDE_GUI + f'''
+import numpy as np, hyperspy.api as hs
+d = np.load({str(tmp_path / "si.npz")!r})
+s = hs.signals.Signal1D(d["counts"])
+ax = s.axes_manager.signal_axes[0]
+ax.name, ax.units, ax.offset, ax.scale = "Energy loss", "eV", float(d["e"][0]), float(d["e"][1] - d["e"][0])
+s.save({str(tmp_path / "si.hspy")!r})
+import napari_corefit.engine
+from napari_corefit.cli import main
+rc = main(["predict", {str(tmp_path / "si.hspy")!r}, "-o", {str(tmp_path / "out.hspy")!r},
+           "--device", "cpu", "-q"])
+assert rc == 0, rc
+loaded = [m for m in sys.modules if m.split(".")[0] in GUI]
+assert not loaded, loaded
+print("ok")
+'''
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    assert (tmp_path / "out.hspy").exists()
