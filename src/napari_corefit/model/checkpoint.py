@@ -348,13 +348,28 @@ def _check_grid(cfg, key, expected, directory):
 
 
 def resolve_device(device="auto") -> torch.device:
-    """``"auto"``: CUDA when torch sees a GPU, else CPU; ``"cuda"`` without a GPU is an error."""
-    device = "auto" if device is None else str(device)
+    """The torch device for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    RuntimeError
+        ``"cuda"`` asked for on a machine where torch sees no CUDA GPU.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    device = "auto" if device is None else str(device).lower()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for, but torch sees no CUDA GPU here; "
-                           "use 'cpu' or 'auto'")
+        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA GPU "
+                           "(torch.cuda.is_available() is False); use device 'auto' or 'cpu'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
     return torch.device(device)
 
 

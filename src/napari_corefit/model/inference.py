@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 # one cancellation exception for the whole engine: preprocessing raises the same one
+from napari_corefit.model.checkpoint import resolve_device
 from napari_corefit.spectra.pipeline import Cancelled
 
 __all__ = [
@@ -44,34 +45,6 @@ __all__ = [
 #: per member) in a core's cache and was fastest per core-second (46 k/s against 41 k/s at 8192,
 #: one thread, 5 members); a GPU wants far larger batches to fill it.
 DEFAULT_BATCH = {"cpu": 1024, "cuda": 131072}
-
-
-
-
-def resolve_device(device="auto") -> torch.device:
-    """The torch device for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-
-    Raises
-    ------
-    RuntimeError
-        ``"cuda"`` asked for on a machine where torch sees no CUDA GPU.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if isinstance(device, torch.device):
-        device = str(device)
-    device = "auto" if device is None else str(device).lower()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA GPU "
-                           "(torch.cuda.is_available() is False); use device 'auto' or 'cpu'")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
-    return torch.device(device)
 
 
 def _network(model):
