@@ -203,39 +203,13 @@ def _build(args):
     return 0
 
 
-def site_rows(table):
-    """One dict per site (the ``db info --json`` schema)."""
-    s, m = table.sites, table.molecules
-    for i in range(table.n_sites):
-        mol = int(s["molecule"][i])
-        yield {
-            "molecule": str(m["name"][mol]),
-            "key": str(m["key"][mol]),
-            "smiles": str(m["smiles"][mol]),
-            "atom_index": int(s["atom_index"][i]),
-            "multiplicity": int(s["multiplicity"][i]),
-            "equivalent_atoms": [int(a) for a in s["equivalent"][i]],
-            "excitation_energy_ev": _num(s["excitation_energy"][i]),
-            "core_1s_ev": _num(s["core_1s"][i]),
-            "fermi_ev": _num(s["fermi"][i]),
-            "hole_population": _num(s["hole_population"][i]),
-            "s2": _num(s["s2"][i]),
-            "status": str(s["status"][i]),
-            "solver": str(s["stage"][i]),
-            "seconds": _num(s["seconds"][i]),
-        }
-
-
-def _num(x):
-    x = float(x)
-    return None if not np.isfinite(x) else round(x, 4)
-
-
 def _info(args):
     from napari_corefit.backend.storage import journal_keys, load_database
 
     table = load_database(args.db)
     if args.json:
+        from napari_corefit.backend.storage import site_rows
+
         for row in site_rows(table):
             print(json.dumps(row))
         return 0

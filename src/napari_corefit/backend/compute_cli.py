@@ -37,9 +37,9 @@ def molecule_table(record, recipe):
 
 
 def compute_and_report(args):
-    from napari_corefit.backend.cli import site_rows
     from napari_corefit.backend.compute import compute_molecule
     from napari_corefit.backend.recipe import Recipe
+    from napari_corefit.backend.storage import site_rows
 
     mol = _load_molecule(args.molecule)
     recipe = Recipe()

@@ -34,7 +34,8 @@ from napari_corefit.backend.records import (SITE_FIELDS, SPEC_WEIGHT_SCALE, arra
 
 __all__ = ["shard_key", "Journal", "write_shard", "finished_keys", "journal_keys",
            "merge_databases", "forget_molecules", "upgrade_shards", "recipe_site_counts",
-           "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION"]
+           "flush_journals", "load_database", "read_records", "SiteTable", "FORMAT_VERSION",
+           "site_rows"]
 
 FORMAT_VERSION = 4
 QM9_BLOCK = 1000
@@ -727,3 +728,35 @@ def _concat(mol_parts, site_parts, recipes, shards, path):
     for k in ("excitation_energy", "core_1s", "fermi", "hole_population", "s2", "seconds"):
         out_sites[k] = out_sites[k].astype(np.float32)
     return SiteTable(mols, out_sites, sticks, recipe, [str(p) for p in shards])
+
+
+def site_rows(table):
+    """One dict per site (the ``db info --json`` schema)."""
+    s, m = table.sites, table.molecules
+    for i in range(table.n_sites):
+        mol = int(s["molecule"][i])
+        yield {
+            "molecule": str(m["name"][mol]),
+            "key": str(m["key"][mol]),
+            "smiles": str(m["smiles"][mol]),
+            "atom_index": int(s["atom_index"][i]),
+            "multiplicity": int(s["multiplicity"][i]),
+            "equivalent_atoms": [int(a) for a in s["equivalent"][i]],
+            "excitation_energy_ev": _num(s["excitation_energy"][i]),
+            "core_1s_ev": _num(s["core_1s"][i]),
+            "fermi_ev": _num(s["fermi"][i]),
+            "hole_population": _num(s["hole_population"][i]),
+            "s2": _num(s["s2"][i]),
+            "status": str(s["status"][i]),
+            "solver": str(s["stage"][i]),
+            "seconds": _num(s["seconds"][i]),
+            "ionisation_energy_ev": _num(s["ionisation_energy"][i])
+            if "ionisation_energy" in s else None,
+            "ionisation_method": str(s["ionisation_method"][i]) if "ionisation_method" in s
+            else "",
+        }
+
+
+def _num(x):
+    x = float(x)
+    return None if not np.isfinite(x) else round(x, 4)

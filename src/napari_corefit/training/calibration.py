@@ -18,35 +18,12 @@ import math
 
 import numpy as np
 
-from napari_corefit.training.metrics import CHANNELS
+from napari_corefit.training.metrics import CHANNELS, coverage
 
 __all__ = ["TWO_SIGMA_COVERAGE", "fit_sigma_scale", "coverage", "calibrate_model"]
 
 #: Probability mass of a Gaussian inside +-2 sigma.
 TWO_SIGMA_COVERAGE = math.erf(2.0 / math.sqrt(2.0))
-
-
-def coverage(mean, std, truth, k=2.0) -> np.ndarray:
-    """Fraction of truth values inside ``mean +- k std``, per curve (occupied, unoccupied).
-
-    Parameters
-    ----------
-    mean, std, truth : array_like, shape (m, 2, n)
-    k : float
-
-    Returns
-    -------
-    ndarray, shape (2,)
-
-    Examples
-    --------
-    >>> z = np.zeros((1, 2, 3))
-    >>> coverage(z, z + 1, z + 1.5).tolist()
-    [1.0, 1.0]
-    """
-    mean, std, truth = (np.asarray(a, dtype=np.float64) for a in (mean, std, truth))
-    inside = np.abs(truth - mean) <= k * std
-    return inside.mean(axis=(0, 2))
 
 
 def fit_sigma_scale(mean, std, truth, target=TWO_SIGMA_COVERAGE, k=2.0) -> np.ndarray:

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_corefit.spectra.grids import EnergyGrid
-from napari_corefit.training.calibration import coverage
 from napari_corefit.training.dataset import CurveSet, build_curves, make_inputs
 from napari_corefit.training.loop import predict
-from napari_corefit.training.metrics import per_curve_scores, summarise
+from napari_corefit.training.metrics import coverage, per_curve_scores, summarise
 from napari_corefit.training.noise import NoiseModel
 from napari_corefit.training.splits import split_from_dict
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from napari_corefit.spectra.grids import DOS_GRID, area_normalise
 
-__all__ = ["normalise_prediction", "per_curve_scores", "summarise", "score", "median_interval"]
+__all__ = ["normalise_prediction", "per_curve_scores", "summarise", "score", "median_interval",
+           "coverage"]
 
 CHANNELS = ("occupied", "unoccupied")
 
@@ -166,3 +167,26 @@ def median_interval(values, groups, level=0.95, n_boot=2000, seed=0):
     tail = (1.0 - level) / 2.0 * 100.0
     lo, hi = np.percentile(medians, [tail, 100.0 - tail])
     return float(lo), float(hi)
+
+
+def coverage(mean, std, truth, k=2.0) -> np.ndarray:
+    """Fraction of truth values inside ``mean +- k std``, per curve (occupied, unoccupied).
+
+    Parameters
+    ----------
+    mean, std, truth : array_like, shape (m, 2, n)
+    k : float
+
+    Returns
+    -------
+    ndarray, shape (2,)
+
+    Examples
+    --------
+    >>> z = np.zeros((1, 2, 3))
+    >>> coverage(z, z + 1, z + 1.5).tolist()
+    [1.0, 1.0]
+    """
+    mean, std, truth = (np.asarray(a, dtype=np.float64) for a in (mean, std, truth))
+    inside = np.abs(truth - mean) <= k * std
+    return inside.mean(axis=(0, 2))
