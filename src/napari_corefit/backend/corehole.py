@@ -23,7 +23,8 @@ import numpy as np
 from pyscf import scf
 
 from napari_corefit.backend.fastscf import make_grids, make_ks, xc_energies, xc_energy
-from napari_corefit.backend.groundstate import build_mol, lowdin_weights, run_ground_state
+from napari_corefit.backend.groundstate import (build_mol, lowdin_weights, overlap_sqrt,
+                                                run_ground_state)
 from napari_corefit.backend.occupation import core_hole_occ, excited_electron_occ, set_occupation
 from napari_corefit.backend.recipe import HARTREE_EV
 
@@ -69,11 +70,8 @@ def localise_core_hole(mf, atom):
     """
     c = mf.mo_coeff.copy()
     core = np.flatnonzero((mf.mo_energy < -5.0) & (mf.mo_occ > 0))
-    s = mf.get_ovlp()
-    evals, evecs = np.linalg.eigh(s)
-    s_half = (evecs * np.sqrt(evals)) @ evecs.T
     on_atom = np.array([lab[0] == atom for lab in mf.mol.ao_labels(fmt=False)])
-    x = (s_half @ c[:, core])[on_atom]
+    x = (overlap_sqrt(mf) @ c[:, core])[on_atom]
     pop = x.T @ x
     w, u = np.linalg.eigh(pop)
     u = u[:, ::-1]  # largest population first

@@ -14,8 +14,8 @@ from pyscf import gto
 from napari_corefit.backend.fastscf import make_ks
 from napari_corefit.backend.recipe import HARTREE_EV
 
-__all__ = ["build_mol", "run_ground_state", "shell_masks", "lowdin_weights", "site_dos_sticks",
-           "fermi_level"]
+__all__ = ["build_mol", "run_ground_state", "shell_masks", "overlap_sqrt", "lowdin_weights",
+           "site_dos_sticks", "fermi_level"]
 
 
 def build_mol(molecule, recipe, excited=None):
@@ -72,13 +72,17 @@ def shell_masks(mol, atom):
     }
 
 
+def overlap_sqrt(mf):
+    """S^1/2 of the AO overlap (Loewdin's orthogonalisation), by eigh: S is symmetric positive
+    definite."""
+    evals, evecs = np.linalg.eigh(mf.get_ovlp())
+    return (evecs * np.sqrt(evals)) @ evecs.T
+
+
 def lowdin_weights(mf, mo_coeff=None):
     """Squared Loewdin coefficients, shape (nao, nmo): column j sums to 1."""
-    s = mf.get_ovlp()
     c = mf.mo_coeff if mo_coeff is None else mo_coeff
-    evals, evecs = np.linalg.eigh(s)  # S is symmetric positive definite: S^1/2 by eigh
-    s_half = (evecs * np.sqrt(evals)) @ evecs.T
-    return (s_half @ c) ** 2
+    return (overlap_sqrt(mf) @ c) ** 2
 
 
 def fermi_level(mo_energy, mo_occ):
