@@ -569,9 +569,8 @@ def predict(source, model=None, *, adf=None, lowloss=None, lazy=None, device="au
             ood[good] = ood_score(getattr(model, "ood", None), ain[good])
         afeats = dos_features(am, ast, grid, windows)
         aq = quality_flags(mask, afeats["sigma_rel"], ood, sigma_max, ood_max)
-        edge = getattr(res, "edge_counts", None)
-        edge = getattr(res, "total_counts", None) if edge is None else edge
-        table = atom_table(positions, nav, acc.n_pixels, counts.sum(-1), edge, res.peak_energy,
+        table = atom_table(positions, nav, acc.n_pixels, counts.sum(-1), res.edge_counts,
+                           res.peak_energy,
                            mask, res.reason, afeats, ood, aq, _to_nm)
     if progress is not None:
         progress(1.0, "done")

@@ -10,9 +10,10 @@ Molecules go to shards by a deterministic key (:func:`shard_key`): QM9 by blocks
 SMILES and XYZ by a hash of their key. A build claims the keys it was asked for, journals every
 finished molecule at once (a ``kill -9`` loses only molecules in flight) and writes a shard part
 from the journal when all of its molecules are done; a rerun skips what any shard or journal holds.
-Parts are written in format 3 (six compressed datasets, see :func:`write_shard`); parts of formats
-1 and 2 are read too (their d-shell DOS weights are ignored), and :func:`read_records` gives any
-part's records to rewrite them.
+Parts are written in format 4 (compressed compound tables, see :func:`write_shard`); parts of
+formats 1-3 are read too (their d-shell DOS weights are ignored, their x, y, z spectrum weights
+averaged), and :func:`read_records` gives any part's records to rewrite them. The formats' history
+and sizes are in docs/backend.md ("Storage").
 """
 
 from __future__ import annotations
@@ -117,12 +118,10 @@ def _shard_parts(db_dir, key):
     return sorted(Path(db_dir).glob(f"{key}.p*.h5"))
 
 
-# Format 2: five compound tables and one JSON document per part (format 1, read still, had ~40
-# datasets and variable-length strings: 701 bytes per site on a 308-site part, 470 in format 2;
-# see docs/backend.md). Format 3 (2026-11-24): the same tables without the DOS d weights, and
-# s, p weights with 7 significand bits (records.py). Format 4 (2026-11-26): one spectrum weight
-# per stick, the orientation average (float16, in 1e-3 a.u.), instead of its x, y, z parts (the
-# only thing ever read; 54 % of a format-3 part's bytes were spectrum sticks). Why this layout:
+# Format 4: five compound tables and one JSON document per part, the DOS s, p weights with 7
+# significand bits (records.py), one spectrum weight per stick (the orientation average, float16,
+# in 1e-3 a.u.); docs/backend.md ("Storage") has the earlier formats and their sizes. Why this
+# layout:
 # - a compound dataset behind the shuffle filter is split into byte planes per field, so its
 #   columns compress as well as separate datasets would, without ~300 bytes of headers each;
 # - one chunk per table (up to 1 MiB): small chunks compress worse and need an index;

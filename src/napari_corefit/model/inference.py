@@ -489,10 +489,7 @@ def predict_signal(model, signal, config=None, device="auto", batch_size=None, a
                 outs["mask"][sl] = mask.reshape(lead)
                 outs["peak_energy"][sl] = np.asarray(res.peak_energy).reshape(lead)
                 outs["reason"][sl] = np.asarray(res.reason).reshape(lead)
-                edge = getattr(res, "edge_counts", None)
-                if edge is None:
-                    edge = getattr(res, "total_counts")
-                outs["edge_counts"][sl] = np.asarray(edge).reshape(lead)
+                outs["edge_counts"][sl] = np.asarray(res.edge_counts).reshape(lead)
                 good = np.flatnonzero(mask)
                 # the block's rows of each curve are contiguous: write through a (4, P, n) view
                 dos = outs["dos"][:, sl].reshape(4, mask.size, n_out)

@@ -219,11 +219,6 @@ class PreprocessResult:
     extra_sigma_ev: float
     config: PreprocessConfig
 
-    @property
-    def total_counts(self):
-        """Alias of :attr:`edge_counts` (the name in docs/CONTRACTS.md)."""
-        return self.edge_counts
-
     def summary(self) -> dict:
         """Pixel count per reason name, e.g. ``{'OK': 4000, 'LOW_COUNTS': 96}``."""
         return reason_summary(self.reason)
