@@ -199,6 +199,8 @@ def test_db_info_json(tiny_db):
     assert all(r["status"] == "ok" for r in rows)
     # 1s orbital energies of carbon, PBE: around -270 eV
     assert all(-280 < r["core_1s_ev"] < -260 for r in rows)
+    # no ionisation pass has run on it: the field is there and says so
+    assert all(r["ionisation_energy_ev"] is None and r["ionisation_method"] == "" for r in rows)
 
 
 def test_shard_size_budget(tiny_table):

@@ -228,6 +228,11 @@ def _info(args):
         heavy = table.molecules["n_heavy"][s["molecule"]]
         for h in np.unique(heavy):
             print(f"  heavy atoms {h}: {int((heavy == h).sum())} sites")
+        method = np.asarray(s["ionisation_method"], dtype=str)
+        print(f"  C 1s ionisation energies: {int((method == 'dscf').sum())} Delta-SCF, "
+              f"{int((method == 'estimate').sum())} estimated, "
+              f"{int((method[ok] == '').sum())} usable sites without one"
+              + ("" if (method[ok] != "").all() else " (corefit db ionise adds them)"))
         stages, counts = np.unique(np.asarray(s["stage"][ok], dtype=str), return_counts=True)
         print("  converged by " + ", ".join(f"{st} {n}" for st, n in
                                             sorted(zip(stages, counts), key=lambda t: -t[1])))
